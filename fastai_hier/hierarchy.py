@@ -53,7 +53,14 @@ class Hierarchy:
         self.names,self.vocab,self.parents = names,L(vocab),parents
         self.classes = [L(list(dict.fromkeys(p[i] for p in paths))) for i in range(n)]
         self.maps = tensor([[o2i[p[i]] for p in paths] for i,o2i in enumerate(c.val2idx() for c in self.classes)]).long()
-        self._distances = None
+        self._distances,self._cache = None,{}
+
+    def _on(self, name, device):
+        "Tensor attribute `name` on `device`, copied there once"
+        key = name,str(device)
+        if key not in self._cache: self._cache[key] = getattr(self, name).to(device)
+        return self._cache[key]
+    def __getstate__(self): return {**self.__dict__, '_cache':{}}
 
     @property
     def n_levels(self): return len(self.names)
@@ -68,13 +75,13 @@ class Hierarchy:
 
     def to_level(self, targ:Tensor, level) -> Tensor:
         "Map fine class indices `targ` to their ancestors' indices at `level`"
-        return self.maps[self.level(level)].to(targ.device)[targ]
+        return self._on('maps', targ.device)[self.level(level)][targ]
 
     def coarsen(self, log_probs:Tensor, level) -> Tensor:
         "Log-probabilities at `level` from fine log-probabilities on the last axis: the log of each group's summed probability"
         i = self.level(level)
         if i == 0: return log_probs
-        idx = self.maps[i].to(log_probs.device).expand_as(log_probs)
+        idx = self._on('maps', log_probs.device)[i].expand_as(log_probs)
         shape = (*log_probs.shape[:-1], self.n_classes[i])
         # logsumexp within each group: shift by the group's max so that nothing under- or overflows
         gmax = log_probs.detach().new_full(shape, -float('inf')).scatter_reduce(-1, idx, log_probs.detach(), 'amax')
@@ -90,11 +97,9 @@ class Hierarchy:
             self._distances = self.n_levels - same
         return self._distances
 
-    def to(self, device):
-        "Move the tensors to `device`"
-        self.maps = self.maps.to(device)
-        if self._distances is not None: self._distances = self._distances.to(device)
-        return self
+    def distance(self, a:Tensor, b:Tensor) -> Tensor:
+        "Tree distance between fine class indices `a` and `b`, on their device"
+        return self._on('distances', a.device)[a, b]
 
     @property
     def df(self) -> pd.DataFrame:
