@@ -1,0 +1,89 @@
+"`HierarchicalLoss` and the metrics inside real fastai learners, on the PETS sample"
+import math, subprocess, sys, textwrap
+import pytest, torch
+from fastai.vision.all import (L, Callback, ClassificationInterpretation, CutMix, MixUp, accuracy, cnn_learner, resnet18,
+                               set_seed, tensor)
+from fastcore.test import test_close as _close
+from fastai_hier.all import HierarchicalLoss, LevelAccuracy, MistakeSeverity
+from conftest import small_learner
+
+def test_issue_example_trains(dls, hier):
+    "The README's example, with `cnn_learner`, on small images and without pretrained weights"
+    set_seed(0)
+    learn = cnn_learner(dls, resnet18, pretrained=False, loss_func=HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3}),
+                        metrics=[accuracy, LevelAccuracy(hier, 'species'), MistakeSeverity(hier)])
+    learn.fine_tune(2, base_lr=2e-3)
+    losses = L(learn.recorder.losses).map(float)
+    assert all(math.isfinite(l) for l in losses)
+    assert sum(losses[-3:]) < sum(losses[:3]), losses   # it learns
+    assert learn.recorder.metric_names[3:6] == ['accuracy', 'species_accuracy', 'mistake_severity']
+    assert 0 <= learn.recorder.values[-1][3] <= 1
+
+def test_export_load_learner_fresh_process(dls, hier, tmp_path):
+    learn = small_learner(dls, hier, loss_func=HierarchicalLoss(hier, weights=[0.6, 0.4], temperature=1.5))
+    learn.fit(1, 1e-3)
+    learn.export(tmp_path/'export.pkl')
+    img = dls.valid_ds.items[0]
+    _, _, probs = learn.predict(img)
+    # a fresh interpreter that never imports fastai_hier itself: unpickling must find everything by reference
+    code = textwrap.dedent(f"""
+        from fastai.vision.all import *
+        learn = load_learner({str(tmp_path/'export.pkl')!r})
+        lf = learn.loss_func
+        probs = learn.predict({str(img)!r})[2].tolist()   # predict draws a progress bar on stdout: mark our lines
+        print('LOSS', type(lf).__name__, lf.weights, lf.temperature)
+        print('PROBS', probs)
+    """)
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    lines = dict(l.split(' ', 1) for l in out.splitlines() if l.startswith(('LOSS ', 'PROBS ')))
+    assert lines['LOSS'] == "HierarchicalLoss {'breed': 0.6, 'species': 0.4} 1.5"
+    _close(tensor(eval(lines['PROBS'])), probs, eps=1e-5)
+
+@pytest.mark.parametrize('cb', [MixUp, CutMix])
+def test_mixup_cutmix(dls, hier, cb):
+    "MixUp and CutMix call the loss with reduction='none' and mix per-item losses"
+    learn = small_learner(dls, hier, cbs=cb())
+    learn.fit(1, 1e-3)
+    assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
+    assert learn.loss_func.reduction == 'mean'          # restored by NoneReduce
+    assert isinstance(learn.loss_func, HierarchicalLoss) # unwrapped after fit
+
+class _BF16Autocast(Callback):
+    "Emulates mixed precision on the CPU: bfloat16 autocast around the forward pass and the loss, predictions left in bfloat16"
+    order = 10
+    def before_batch(self): self.ctx = torch.autocast('cpu', dtype=torch.bfloat16); self.ctx.__enter__()
+    def after_pred(self): self.pred_dtypes.append(self.pred.dtype)
+    def after_loss(self): self.loss_dtypes.append(self.loss.dtype); self.ctx.__exit__(None, None, None)
+    def before_fit(self): self.pred_dtypes,self.loss_dtypes = [],[]
+
+def test_bf16_autocast(dls, hier):
+    learn = small_learner(dls, hier, cbs=_BF16Autocast())
+    learn.fit(1, 1e-3)
+    cb = learn._bf16_autocast
+    assert set(cb.pred_dtypes) == {torch.bfloat16}   # the loss really got half-precision predictions
+    assert set(cb.loss_dtypes) == {torch.float32}    # and computed in float32
+    assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
+    assert all(math.isfinite(v) for v in learn.recorder.values[-1][:2])
+
+def test_to_fp16_runs_on_cpu(dls, hier):
+    "`to_fp16()` is written for CUDA; on a CPU it must at least not break the loss"
+    learn = small_learner(dls, hier).to_fp16()
+    learn.fit(1, 1e-3)
+    assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
+
+def test_lr_find(dls, hier):
+    learn = small_learner(dls, hier)
+    res = learn.lr_find(num_it=20, show_plot=False)
+    assert math.isfinite(res.valley) and res.valley > 0
+
+def test_wrong_head_width_is_a_clear_error(dls, hier):
+    learn = small_learner(dls, hier, n_out=10)
+    with pytest.raises(ValueError, match='predictions have 10 classes on the class axis but the hierarchy has 37 fine classes'):
+        learn.fit(1)
+
+def test_interpretation(dls, hier):
+    learn = small_learner(dls, hier)
+    interp = ClassificationInterpretation.from_learner(learn)
+    losses, idx = interp.top_losses(5)
+    assert losses.shape == (5,) and (losses[:-1] >= losses[1:]).all()
+    assert interp.confusion_matrix().sum() == len(dls.valid_ds)

@@ -1,0 +1,20 @@
+"README.md is rendered from nbs/index.ipynb (nbdev's own `nbdev-readme` needs Quarto, which cannot be installed here)"
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def render(nb=ROOT/'nbs'/'index.ipynb') -> str:
+    "Markdown cells as they are, code cells fenced as Python with their `#|` directives dropped"
+    out = []
+    for c in json.loads(nb.read_text())['cells']:
+        src = ''.join(c['source'])
+        if c['cell_type'] == 'code':
+            src = '```python\n' + '\n'.join(l for l in src.split('\n') if not l.startswith('#|')).strip() + '\n```'
+        out.append(src)
+    return '\n\n'.join(out) + '\n'
+
+def test_readme_is_rendered_from_index():
+    assert (ROOT/'README.md').read_text() == render(), "README.md is out of date: edit nbs/index.ipynb and run `python tests/test_readme.py`"
+
+if __name__ == '__main__': (ROOT/'README.md').write_text(render())
