@@ -30,7 +30,10 @@ def pets_files(
 ) -> L:
     "The PETS-named images in `path`, optionally a few of each breed"
     files = get_image_files(path).filter(lambda f: re.match(PETS_PAT, f.name))
-    if not files: raise FileNotFoundError(f"No PETS-named images (like 'Abyssinian_1.jpg') in {path}: point `path` at the dataset's `images` folder.")
+    if not files: raise FileNotFoundError(f"No PETS-named images (like 'Abyssinian_1.jpg') in {path}: point at the dataset's `images` folder.")
+    bad = set(verify_images(files))
+    if bad: warn(f"Skipping {len(bad)} unreadable image(s): {', '.join(sorted(f.name for f in bad))}")
+    files = files.filter(lambda f: f not in bad)
     if per_breed is None: return files
     by_breed = groupby(sorted(files), lambda f: re.match(PETS_PAT, f.name)[1])
     rng = random.Random(seed)

@@ -1,14 +1,15 @@
 "README.md is rendered from nbs/index.ipynb (nbdev's own `nbdev-readme` needs Quarto, which cannot be installed here)"
-import json
+import json, re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 def render(nb=ROOT/'nbs'/'index.ipynb') -> str:
-    "Markdown cells as they are, code cells fenced as Python with their `#|` directives dropped"
+    "Markdown cells with `<!-- include: FILE -->` lines replaced by FILE, code cells fenced as Python without `#|` directives"
     out = []
     for c in json.loads(nb.read_text())['cells']:
         src = ''.join(c['source'])
+        src = re.sub(r'^<!-- include: (\S+) -->$', lambda m: (ROOT/m[1]).read_text().strip(), src, flags=re.M)
         if c['cell_type'] == 'code':
             src = '```python\n' + '\n'.join(l for l in src.split('\n') if not l.startswith('#|')).strip() + '\n```'
         out.append(src)

@@ -1,0 +1,68 @@
+"The `fastai-hier` command: entry points, exit codes, and a class-folder dataset with a hierarchy CSV"
+import subprocess, sys
+from pathlib import Path
+import pandas as pd, pytest, torch
+from fastai.vision.all import untar_data, URLs
+from fastai_hier.cli import main
+from fastai_hier.pets import pets_files, pet_species
+
+def _run(*args): return subprocess.run([sys.executable, '-m', 'fastai_hier', *args], capture_output=True, text=True)
+
+def _exit_code(argv, capsys):
+    with pytest.raises(SystemExit) as e: main(argv)
+    return e.value.code, capsys.readouterr().err
+
+def test_entry_points():
+    r = _run('--help')
+    assert r.returncode == 0 and 'train' in r.stdout and 'sweep' in r.stdout
+    r = subprocess.run(['fastai-hier', 'sweep', '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and '--seeds' in r.stdout
+
+def test_bad_input_exits_2_from_the_shell():
+    r = _run('train', '--data', '/no/such/folder')
+    assert r.returncode == 2 and 'Data folder /no/such/folder does not exist' in r.stderr
+
+@pytest.mark.parametrize('argv,msg', [
+    (['train', '--arch', 'resnet9000'], "Unknown architecture 'resnet9000'"),
+    (['train', '--size', '32', '--per-breed', '2', '--weights', 'genus=1'], "Unknown level 'genus'"),
+    (['train', '--size', '32', '--per-breed', '2', '--loss', 'ce', '--weights', '0.5,0.5'], '--weights goes with --loss hier'),
+    (['train', '--size', '32', '--per-breed', '2', '--weights', 'a lot'], 'Cannot read level weights'),
+    (['sweep', '--w', 'half'], "invalid _floats value: 'half'"),
+    (['train', '--hierarchy', 'h.csv'], '--hierarchy needs --data'),
+])
+def test_bad_input(argv, msg, capsys):
+    code, err = _exit_code(argv, capsys)
+    assert code == 2 and msg in err, err
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
+def test_no_cuda(capsys):
+    code, err = _exit_code(['train', '--device', 'cuda', '--size', '32', '--per-breed', '2'], capsys)
+    assert code == 2 and 'CUDA is not available' in err
+
+@pytest.fixture
+def folder_data(tmp_path):
+    "Four PETS breeds as class folders, and their hierarchy as a CSV"
+    root = tmp_path/'data'
+    breeds = ['Bengal', 'Persian', 'beagle', 'pug']
+    for f in pets_files(untar_data(URLs.PETS)/'images'):
+        b = f.name.rsplit('_', 1)[0]
+        if b in breeds:
+            (root/b).mkdir(parents=True, exist_ok=True)
+            (root/b/f.name).symlink_to(f)
+    csv = tmp_path/'hier.csv'
+    pd.DataFrame({'breed': breeds, 'species': [pet_species(b) for b in breeds]}).to_csv(csv, index=False)
+    return root, csv
+
+def test_folder_with_hierarchy_csv(folder_data, tmp_path):
+    root, csv = folder_data
+    main(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32', '--bs', '8', '--no-pretrained', '--no-aug',
+          '--epochs', '1', '--freeze-epochs', '0', '--weights', 'species=1', '--out', str(tmp_path/'out')])
+    df = pd.read_csv(tmp_path/'out'/'train.csv')
+    assert list(df.columns) == ['epoch', 'train_loss', 'valid_loss', 'breed_accuracy', 'species_accuracy', 'mistake_severity', 'time']
+    assert len(df) == 1 and df.species_accuracy.between(0, 1).all()
+
+def test_folder_class_missing_from_csv(folder_data, capsys):
+    root, csv = folder_data
+    pd.read_csv(csv).iloc[1:].to_csv(csv, index=False)   # drop Bengal
+    code, err = _exit_code(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32'], capsys)
+    assert code == 2 and "missing from the hierarchy: ['Bengal']" in err
