@@ -14,6 +14,8 @@ from .hierarchy import *
 from .losses import *
 from .metrics import *
 from .pets import *
+from .temperature import TemperatureSchedule
+from .coarse_to_fine import CoarseToFine
 import argparse, contextlib, platform, time
 from fastprogress.fastprogress import progress_bar
 
@@ -52,11 +54,13 @@ class EpochLog(Callback):
     "Collects `recorder.log` of every training epoch, across fits, as dicts"
     order = Recorder.order + 1
     def __init__(self): self.rows,self.start = [],None
-    def before_epoch(self): self.start = time.perf_counter()
+    def before_train(self): self.start = time.perf_counter()
     def after_epoch(self):
+        if self.start is None: return   # `validate` and `get_preds` run epochs without training
         names = self.recorder.metric_names[1:-1]   # without 'epoch' and 'time'
         row = dict(zip(names, self.recorder.log[1:len(names)+1]))
         self.rows.append(dict(epoch=len(self.rows), **{k:_num(v) for k,v in row.items()}, time=time.perf_counter()-self.start))
+        self.start = None
 
 def _num(v): return float('nan') if v is None else float(v)
 
@@ -85,15 +89,11 @@ def level_weights(w:float, hier:Hierarchy) -> dict:
     return {n:(w if i == 0 else rest) for i,n in enumerate(hier.names)}
 
 # %% ../nbs/50_cli.ipynb #7d3cd62c
-def _extra_callbacks(hier, temperature, coarse_epochs):
-    "The optional training callbacks of a configuration"
+def _extra_callbacks(hier, temperature, coarse_epochs, total_epochs):
+    "The optional training callbacks of a configuration, spanning the `total_epochs` of `fine_tune`"
     cbs = []
-    if temperature:
-        from fastai_hier.temperature import TemperatureSchedule
-        cbs.append(TemperatureSchedule(start=temperature, span_fine_tune=True))
-    if coarse_epochs:
-        from fastai_hier.coarse_to_fine import CoarseToFine
-        cbs.append(CoarseToFine(hier, coarse_epochs=coarse_epochs))
+    if temperature: cbs.append(TemperatureSchedule(start=temperature, total_epochs=total_epochs))
+    if coarse_epochs: cbs.append(CoarseToFine(hier, coarse_epochs=coarse_epochs))
     return cbs
 
 # %% ../nbs/50_cli.ipynb #7d26c141
@@ -119,7 +119,7 @@ def train_run(
     metrics = [LevelAccuracy(hier, n) for n in hier.names] + [MistakeSeverity(hier)]
     log = EpochLog()
     learn = vision_learner(dls, _arch(arch), pretrained=pretrained, loss_func=loss_func, metrics=metrics,
-                           cbs=[log, *_extra_callbacks(hier, temperature, coarse_epochs)])
+                           cbs=[log, *_extra_callbacks(hier, temperature, coarse_epochs, freeze_epochs+epochs)])
     with (learn.no_bar() if quiet else contextlib.nullcontext()), (learn.no_logging() if quiet else contextlib.nullcontext()):
         learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs)
     return pd.DataFrame(log.rows)

@@ -37,13 +37,20 @@ def _check_targets(inp, targ, hier, ignore_index=-100):
     if bad.any(): raise ValueError(f"Target class index {targ[bad][0].item()} is out of range for {n} classes (valid: 0..{n-1}, or ignore_index={ignore_index}). Check that the hierarchy's vocab is the dataloaders' vocab.")
 
 # %% ../nbs/01_losses.ipynb #39ecc68d
+def _group_mean(x, hier, level):
+    "Mean of the per-class values `x` over each group of `level`"
+    idx = hier.to_level(torch.arange(len(x), device=x.device), level)
+    n = hier.n_classes[hier.level(level)]
+    return x.new_zeros(n).index_add_(0, idx, x) / x.new_zeros(n).index_add_(0, idx, torch.ones_like(x))
+
+# %% ../nbs/01_losses.ipynb #effd56b0
 class HierarchicalCrossEntropy(Module):
     "Weighted sum over the levels of `hier` of the NLL, coarse probabilities being sums of fine ones"
     y_int = True # y interpolation
     def __init__(self,
         hier:Hierarchy, # Classes and their groups; its level 0 must match the model's outputs
         weights:dict|list=None, # Weight of each level: a dict of level names (others get 0) or one per level, finest first; default: equal
-        weight:Tensor=None, # Weight of each fine class, as in `nn.CrossEntropyLoss`; applies to its item at every level
+        weight:Tensor=None, # Weight of each fine class, as in `nn.CrossEntropyLoss`; weighs its items at every level
         label_smoothing:float=0., # Label smoothing applied at every level
         temperature:float=1., # Logits are divided by it before the softmax
         ignore_index:int=-100, # Target value that contributes nothing (padding)
@@ -66,20 +73,23 @@ class HierarchicalCrossEntropy(Module):
             log_probs = F.log_softmax(inp.float() / self.temperature, dim=-1)
             keep = targ != self.ignore_index
             targ = targ.where(keep, 0)
+            cw = None if self.weight is None else self.weight.float()
+            item_w = keep.float() if cw is None else cw[targ]*keep
             loss = 0.
             for i,w in enumerate(self._weights):
                 if w == 0: continue
                 lp = self.hier.coarsen(log_probs, i)
-                nll = -lp.gather(-1, self.hier.to_level(targ, i)[...,None])[...,0]
-                if self.label_smoothing: nll = (1-self.label_smoothing)*nll - self.label_smoothing*lp.mean(-1)
+                nll = -lp.gather(-1, self.hier.to_level(targ, i)[...,None])[...,0]*item_w
+                if self.label_smoothing:
+                    # as `nn.CrossEntropyLoss`: each class's smoothing term has its own weight (a group's: its classes' mean)
+                    gw = 1. if cw is None else _group_mean(cw, self.hier, i)
+                    nll = (1-self.label_smoothing)*nll - self.label_smoothing*(lp*gw).mean(-1)*keep
                 loss = loss + w*nll
-            item_w = keep.float() if self.weight is None else self.weight.float()[targ]*keep
-            loss = loss*item_w
         if self.reduction == 'none': return loss
         if self.reduction == 'sum':  return loss.sum()
         return loss.sum()/item_w.sum()
 
-# %% ../nbs/01_losses.ipynb #f3742173
+# %% ../nbs/01_losses.ipynb #48a174fc
 def crm_decode(
     probs:Tensor, # Probabilities over the fine classes of `hier` (the loss's activation, e.g. `get_preds` outputs)
     hier:Hierarchy, # Classes and their groups
@@ -102,12 +112,12 @@ def _decode(x, hier, decode, axis):
     "Fine classes from the activations `x` by `decode`: 'argmax' or 'crm'"
     return crm_decode(x, hier, axis) if decode == 'crm' else x.argmax(dim=axis)
 
-# %% ../nbs/01_losses.ipynb #2b5eb518
+# %% ../nbs/01_losses.ipynb #0658bb37
 def _inner_attr(name:str, doc:str=None) -> property:
     "A property of a `BaseLoss` that reads and sets `name` on its inner loss"
     return property(lambda self: getattr(self.func, name), lambda self,v: setattr(self.func, name, v), doc=doc)
 
-# %% ../nbs/01_losses.ipynb #0658bb37
+# %% ../nbs/01_losses.ipynb #f0f26002
 @delegates(HierarchicalCrossEntropy)
 class HierarchicalLoss(BaseLoss):
     "`HierarchicalCrossEntropy` as a fastai loss: flattens input and target, softmax activation, argmax decodes"
@@ -134,7 +144,7 @@ class HierarchicalLoss(BaseLoss):
         return _decode(x, self.func.hier, self.decode, self.axis)
     def __repr__(self): return f"HierarchicalLoss({self.func.hier}, weights={self.weights}, temperature={self.temperature}" + (f", decode='{self.decode}')" if self.decode != 'argmax' else ')')
 
-# %% ../nbs/01_losses.ipynb #9bb0cecd
+# %% ../nbs/01_losses.ipynb #a9bb5fa1
 def _real_loss(lf):
     "The user's loss, also while `MixUp`/`CutMix` have put their own `lf` in its place"
     while isinstance(getattr(lf, '__self__', None), MixHandler): lf = lf.__self__.old_lf
