@@ -10,8 +10,15 @@ __all__ = []
 # %% ../nbs/90_all.ipynb #46fd1db7
 from .hierarchy import *
 from .losses import *
+from .topk import *
+from .hxe import *
 from .metrics import *
+from .interpret import *
+from .level_schedule import *
+from .temperature import *
+from .coarse_to_fine import *
+from .check import *
 from .pets import *
-from . import hierarchy, losses, metrics, pets
+from . import hierarchy, losses, topk, hxe, metrics, interpret, level_schedule, temperature, coarse_to_fine, check, pets
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [*hierarchy.__all__, *losses.__all__, *metrics.__all__, *pets.__all__]
+__all__ = [n for m in (hierarchy, losses, topk, hxe, metrics, interpret, level_schedule, temperature, coarse_to_fine, check, pets) for n in m.__all__]

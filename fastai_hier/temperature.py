@@ -12,15 +12,10 @@ __all__ = ['TemperatureFit', 'TemperatureSchedule', 'TrainingTemperature', 'expe
 from fastai.basics import *
 from fastai.callback.schedule import *
 from fastai.callback.mixup import MixHandler
-from .losses import HierarchicalLoss, HierarchicalCrossEntropy
+from .losses import HierarchicalLoss, HierarchicalCrossEntropy, _real_loss
 from .metrics import _flat
 
 # %% ../nbs/20_temperature.ipynb #4021caaf
-def _real_loss(lf):
-    "The user's loss, also while `MixUp`/`CutMix` have put their own `lf` in its place"
-    while isinstance(getattr(lf, '__self__', None), MixHandler): lf = lf.__self__.old_lf
-    return lf
-
 def _has_temperature(lf): return isinstance(lf, (HierarchicalLoss, HierarchicalCrossEntropy))
 
 def _check_temperature(t, what):
