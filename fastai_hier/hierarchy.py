@@ -41,7 +41,7 @@ class Hierarchy:
         if missing: raise ValueError(f"Classes of the vocab are missing from the hierarchy: {missing}. Give each of them a parent.")
         not_leaves = [v for v in vocab if v in inner]
         if not_leaves: raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine classes must be leaves.")
-        extra = [l for l in leaves if l not in set(vocab)]
+        extra = sorted(set(leaves)-set(vocab), key=str)
         if extra: raise ValueError(f"Hierarchy leaves are not in the vocab: {extra}. Remove them from the hierarchy or add them to the vocab.")
         paths = [_path_to_top(v, parents) for v in vocab]
         n = max(map(len, paths))
@@ -53,12 +53,14 @@ class Hierarchy:
         self.names,self.vocab,self.parents = names,L(vocab),parents
         self.classes = [L(list(dict.fromkeys(p[i] for p in paths))) for i in range(n)]
         self.maps = tensor([[o2i[p[i]] for p in paths] for i,o2i in enumerate(c.val2idx() for c in self.classes)]).long()
+        # `ups[i][g]`: the group at level i+1 that holds group g of level i; sums climb the tree one level at a time
+        self.ups = [self.maps[i].new_zeros(self.n_classes[i]).scatter_(0, self.maps[i], self.maps[i+1]) for i in range(n-1)]
         self._distances,self._cache = None,{}
 
     def _on(self, name, device):
         "Tensor attribute `name` on `device`, copied there once"
         key = name,str(device)
-        if key not in self._cache: self._cache[key] = getattr(self, name).to(device)
+        if key not in self._cache: self._cache[key] = to_device(getattr(self, name), device)
         return self._cache[key]
     def __getstate__(self): return {**self.__dict__, '_cache':{}}
 
@@ -77,6 +79,10 @@ class Hierarchy:
         "Map fine class indices `targ` to their ancestors' indices at `level`"
         return self._on('maps', targ.device)[self.level(level)][targ]
 
+    def ancestors(self, targ:Tensor) -> Tensor:
+        "The group of each fine class index in `targ` at every level, finest first: shape `(n_levels, *targ.shape)`"
+        return self._on('maps', targ.device)[:,targ]
+
     def coarsen(self, log_probs:Tensor, level) -> Tensor:
         "Log-probabilities at `level` from fine log-probabilities on the last axis: the log of each group's summed probability"
         i = self.level(level)
@@ -89,17 +95,26 @@ class Hierarchy:
         sums = log_probs.new_zeros(shape).scatter_add(-1, idx, (log_probs - gmax.gather(-1, idx)).exp())
         return gmax + sums.log()
 
+    def sum_to_parents(self, x:Tensor, level) -> Tensor:
+        "Sums over the groups of `level + 1` of the values `x` over the groups of `level`, on the last axis"
+        i = self.level(level)
+        return x.new_zeros(*x.shape[:-1], self.n_classes[i+1]).index_add_(-1, self._on('ups', x.device)[i], x)
+
+    def copy_to_children(self, x:Tensor, level) -> Tensor:
+        "Each group of `level - 1` gets the value in `x` of its parent group of `level`, on the last axis"
+        return x.index_select(-1, self._on('ups', x.device)[self.level(level)-1])
+
     @property
     def distances(self) -> Tensor:
         "Tree distance between fine classes: the level of their lowest common ancestor (computed on first use)"
         if self._distances is None:
-            same = sum((m[:,None]==m[None,:]).short() for m in self.maps)
-            self._distances = self.n_levels - same
+            classes = torch.arange(len(self))
+            self._distances = self.distance(classes[:,None], classes).short()
         return self._distances
 
     def distance(self, a:Tensor, b:Tensor) -> Tensor:
-        "Tree distance between fine class indices `a` and `b`, on their device"
-        return self._on('distances', a.device)[a, b]
+        "Tree distance between fine class indices `a` and `b` (broadcast), on their device: the number of levels where they differ"
+        return sum((m[a] != m[b]).long() for m in self._on('maps', a.device))
 
     @property
     def df(self) -> pd.DataFrame:

@@ -44,6 +44,51 @@ def _group_mean(x, hier, level):
     return x.new_zeros(n).index_add_(0, idx, x) / x.new_zeros(n).index_add_(0, idx, torch.ones_like(x))
 
 # %% ../nbs/01_losses.ipynb #effd56b0
+_TINY = 1e-30 # below it a group's probability is summed in log space: its inverse must stay finite in float32
+
+class _HierarchicalNLL(torch.autograd.Function):
+    "Per-item `-sum_l w_l log P_l(group of targ)` from float32 logits `x` (N, C), with one softmax pass forward and backward"
+    @staticmethod
+    def forward(ctx, x, targ, hier, weights):
+        top = max(i for i,w in enumerate(weights) if w) # sums are needed up to the coarsest weighted level
+        w = x.new_tensor(weights[:top+1])
+        groups = hier.ancestors(targ)[:top+1]           # (levels, N): the target's group at each level
+        probs = sums = F.softmax(x, -1)
+        P = [probs.gather(-1, targ[:,None])]
+        for i in range(1, top+1):
+            sums = hier.sum_to_parents(sums, i-1)
+            P.append(sums.gather(-1, groups[i,:,None]))
+        P = torch.cat(P, -1)                            # (N, levels): the probability of the target's group
+        log_P,low = P.clamp_min(_TINY).log(),(P < _TINY) & (w > 0)
+        post = {}
+        if low.any(): # exact for these items: the log-sum-exp of their log-probabilities within the group
+            classes = torch.arange(x.shape[-1], device=x.device)
+            for i in low.any(0).nonzero()[:,0].tolist():
+                rows = low[:,i]
+                lp = F.log_softmax(x[rows], -1).masked_fill(hier.to_level(classes, i) != groups[i,rows,None], -float('inf'))
+                log_P[rows,i] = lp.logsumexp(-1)
+                post[i] = (lp - log_P[rows,i,None]).exp() # the posterior within the group, for the gradient
+        ctx.save_for_backward(probs, groups, P, low, w)
+        ctx.hier,ctx.post = hier,post
+        return -log_P @ w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        "Each level adds `w * (softmax - posterior within the target's group)`; the posterior is `probs/P` inside the group"
+        probs,groups,P,low,w = ctx.saved_tensors
+        hier,top = ctx.hier,len(w)-1
+        # per-group coefficients copied down the tree: every class gets sum(w), less w/P at each level where it is in the target's group
+        c = (grad[:,None]*w/P.clamp_min(_TINY)).masked_fill_(low, 0.)
+        coef = (grad*w.sum())[:,None].repeat(1, hier.n_classes[top])
+        for i in range(top, -1, -1):
+            coef.scatter_add_(-1, groups[i,:,None], -c[:,i,None])
+            if i: coef = hier.copy_to_children(coef, i)
+        res = coef.mul_(probs)
+        for i,post in ctx.post.items(): res[low[:,i]] -= (grad[low[:,i]]*w[i])[:,None]*post
+        return res, None, None, None
+
+# %% ../nbs/01_losses.ipynb #f0f26002
 class HierarchicalCrossEntropy(Module):
     "Weighted sum over the levels of `hier` of the NLL, coarse probabilities being sums of fine ones"
     y_int = True # y interpolation
@@ -68,28 +113,34 @@ class HierarchicalCrossEntropy(Module):
     def _check(self, inp, targ): _check_targets(inp, targ, self.hier, self.ignore_index)
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
+        res_type,inp,targ = type(inp),inp.as_subclass(Tensor),targ.as_subclass(Tensor) # fastai's `TensorBase` costs ~15 µs an op
         self._check(inp, targ)
         with torch.autocast(inp.device.type, enabled=False):
-            log_probs = F.log_softmax(inp.float() / self.temperature, dim=-1)
+            x = inp.float()
+            if self.temperature != 1: x = x / self.temperature
             keep = targ != self.ignore_index
             targ = targ.where(keep, 0)
             cw = None if self.weight is None else self.weight.float()
             item_w = keep.float() if cw is None else cw[targ]*keep
-            loss = 0.
-            for i,w in enumerate(self._weights):
-                if w == 0: continue
-                lp = self.hier.coarsen(log_probs, i)
-                nll = -lp.gather(-1, self.hier.to_level(targ, i)[...,None])[...,0]*item_w
-                if self.label_smoothing:
-                    # as `nn.CrossEntropyLoss`: each class's smoothing term has its own weight (a group's: its classes' mean)
-                    gw = 1. if cw is None else _group_mean(cw, self.hier, i)
-                    nll = (1-self.label_smoothing)*nll - self.label_smoothing*(lp*gw).mean(-1)*keep
-                loss = loss + w*nll
-        if self.reduction == 'none': return loss
-        if self.reduction == 'sum':  return loss.sum()
-        return loss.sum()/item_w.sum()
+            if self.label_smoothing: loss = self._smoothed(x, targ, keep, cw, item_w)
+            else: loss = _HierarchicalNLL.apply(x.reshape(-1, x.shape[-1]), targ.reshape(-1), self.hier, self._weights).view(targ.shape)*item_w
+        if self.reduction == 'sum': loss = loss.sum()
+        elif self.reduction != 'none': loss = loss.sum()/item_w.sum()
+        return loss.as_subclass(res_type)
 
-# %% ../nbs/01_losses.ipynb #48a174fc
+    def _smoothed(self, x, targ, keep, cw, item_w):
+        "The loss with label smoothing, which needs every group's log-probability: log-sum-exps within the groups"
+        log_probs,loss = F.log_softmax(x, dim=-1),0.
+        for i,w in enumerate(self._weights):
+            if w == 0: continue
+            lp = self.hier.coarsen(log_probs, i)
+            nll = -lp.gather(-1, self.hier.to_level(targ, i)[...,None])[...,0]*item_w
+            # as `nn.CrossEntropyLoss`: each class's smoothing term has its own weight (a group's: its classes' mean)
+            gw = 1. if cw is None else _group_mean(cw, self.hier, i)
+            loss = loss + w*((1-self.label_smoothing)*nll - self.label_smoothing*(lp*gw).mean(-1)*keep)
+        return loss
+
+# %% ../nbs/01_losses.ipynb #42c12c63
 def crm_decode(
     probs:Tensor, # Probabilities over the fine classes of `hier` (the loss's activation, e.g. `get_preds` outputs)
     hier:Hierarchy, # Classes and their groups
@@ -112,12 +163,12 @@ def _decode(x, hier, decode, axis):
     "Fine classes from the activations `x` by `decode`: 'argmax' or 'crm'"
     return crm_decode(x, hier, axis) if decode == 'crm' else x.argmax(dim=axis)
 
-# %% ../nbs/01_losses.ipynb #0658bb37
+# %% ../nbs/01_losses.ipynb #1a5fe5dd
 def _inner_attr(name:str, doc:str=None) -> property:
     "A property of a `BaseLoss` that reads and sets `name` on its inner loss"
     return property(lambda self: getattr(self.func, name), lambda self,v: setattr(self.func, name, v), doc=doc)
 
-# %% ../nbs/01_losses.ipynb #f0f26002
+# %% ../nbs/01_losses.ipynb #1d593ddd
 @delegates(HierarchicalCrossEntropy)
 class HierarchicalLoss(BaseLoss):
     "`HierarchicalCrossEntropy` as a fastai loss: flattens input and target, softmax activation, argmax decodes"
@@ -144,7 +195,7 @@ class HierarchicalLoss(BaseLoss):
         return _decode(x, self.func.hier, self.decode, self.axis)
     def __repr__(self): return f"HierarchicalLoss({self.func.hier}, weights={self.weights}, temperature={self.temperature}" + (f", decode='{self.decode}')" if self.decode != 'argmax' else ')')
 
-# %% ../nbs/01_losses.ipynb #a9bb5fa1
+# %% ../nbs/01_losses.ipynb #dfa2a3ca
 def _real_loss(lf):
     "The user's loss, also while `MixUp`/`CutMix` have put their own `lf` in its place"
     while isinstance(getattr(lf, '__self__', None), MixHandler): lf = lf.__self__.old_lf

@@ -1,0 +1,185 @@
+"""What `HierarchicalLoss` costs: forward plus backward against cross-entropy, side by side in one process.
+
+    python bench/loss_cost.py                  # CPU, one thread (and the GPU too when there is one)
+    python bench/loss_cost.py --threads 2 --repeats 50
+
+Prints markdown tables: times as ratios to `CrossEntropyLossFlat` (min and median over interleaved repeats),
+the memory the loss keeps for its backward (and the peak on a GPU), the build time of the hierarchies,
+what the loss adds to a resnet18 training step, the callbacks' cost per batch and the `CoarseToFine` switch.
+Nothing is downloaded: the hierarchies are random trees of the given sizes, the images random tensors.
+"""
+import argparse, platform, random, statistics, time
+import torch, torch.nn as nn, torch.nn.functional as F
+from torchvision.models import resnet18
+from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat, noop
+from fastai_hier.all import *
+
+# (classes at each level, finest first): PETS, an ImageNet-like tree, iNaturalist 2021's 7 ranks
+SIZES = {'37 classes, 2 levels': (37, 2),
+         '1,000 classes, 4 levels': (1000, 300, 60, 10),
+         '10,000 classes, 7 levels': (10000, 4884, 1103, 273, 51, 11, 3)}
+
+def random_tree(sizes, seed=0):
+    "Child -> parent links of a random tree with `sizes[i]` groups at level i (none empty), and a shuffled vocab"
+    rng = random.Random(seed)
+    names = [[f'L{i}_{j}' for j in range(n)] for i,n in enumerate(sizes)]
+    parents = {}
+    for kids,ups in zip(names, names[1:]):
+        kids = rng.sample(kids, len(kids))
+        for j,k in enumerate(kids): parents[k] = ups[j] if j < len(ups) else rng.choice(ups)
+    return parents, rng.sample(names[0], len(names[0]))
+
+class NaiveLoss:
+    "The textbook formulation: `log` of a sum of `softmax` over hand-sliced groups, at every level"
+    def __init__(self, hier):
+        self.hier = hier
+        self.groups = [[(m == g).nonzero()[:,0] for g in range(n)] for m,n in zip(hier.maps[1:], hier.n_classes[1:])]
+    def __call__(self, x, targ):
+        p = F.softmax(x, -1)
+        loss = -p.gather(1, targ[:,None]).log().mean()
+        for i,groups in enumerate(self.groups, 1):
+            P = torch.stack([p[:,g].sum(1) for g in groups], 1)
+            loss = loss - P.gather(1, self.hier.to_level(targ, i)[:,None]).log().mean()
+        return loss / self.hier.n_levels
+
+def sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize()
+
+def fwd_bwd(loss_func, x, targ):
+    "One forward and backward; the bytes kept for the backward"
+    saved = 0
+    def pack(t):
+        nonlocal saved
+        saved += t.numel()*t.element_size()
+        return t
+    x = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): loss = loss_func(x, targ)
+    loss.backward()
+    return saved
+
+def time_side_by_side(funcs:dict, repeats, device, warmup=2) -> dict:
+    "Seconds of each call in `funcs`, interleaved so that the machine's noise falls on all alike"
+    for f in funcs.values():
+        for _ in range(warmup): f()
+    res = {k:[] for k in funcs}
+    for _ in range(repeats):
+        for k,f in funcs.items():
+            sync(device); t = time.perf_counter(); f(); sync(device)
+            res[k].append(time.perf_counter() - t)
+    return res
+
+def table(rows, header):
+    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|'*len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
+
+def bench_losses(device, bs, repeats):
+    rows,builds = [],[]
+    for label,sizes in SIZES.items():
+        parents,vocab = random_tree(sizes)
+        t = time.perf_counter(); hier = Hierarchy.from_parents(parents, vocab); builds.append((label, f'{time.perf_counter()-t:.3f}'))
+        x = torch.randn(bs, sizes[0], device=device)*3
+        targ = torch.randint(0, sizes[0], (bs,), device=device)
+        losses = {'CrossEntropyLossFlat': CrossEntropyLossFlat(), 'HierarchicalLoss': HierarchicalLoss(hier),
+                  'HierarchicalLoss, label_smoothing=0.1': HierarchicalLoss(hier, label_smoothing=0.1), 'naive': NaiveLoss(hier)}
+        mem = {}
+        for k,lf in losses.items():
+            if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+            mem[k] = fwd_bwd(lf, x, targ)/2**20, (torch.cuda.max_memory_allocated()-base)/2**20 if device.type == 'cuda' else None
+        naive_repeats = max(3, repeats//10) if sizes[0] >= 1000 else repeats # seconds a call at 10,000 classes
+        times = time_side_by_side({k:(lambda lf=lf: fwd_bwd(lf, x, targ)) for k,lf in losses.items() if k != 'naive'}, repeats, device)
+        times.update(time_side_by_side({'naive': lambda: fwd_bwd(losses['naive'], x, targ)}, naive_repeats, device, warmup=1))
+        ce_min,ce_med = min(times['CrossEntropyLossFlat']),statistics.median(times['CrossEntropyLossFlat'])
+        for k,ts in times.items():
+            mn,md = min(ts),statistics.median(ts)
+            rows.append([label, k, f'{mn*1e3:.2f}', f'{md*1e3:.2f}', f'**{mn/ce_min:.2f}x**', f'{md/ce_med:.2f}x', f'{mem[k][0]:.1f}']
+                        + ([f'{mem[k][1]:.1f}'] if device.type == 'cuda' else []))
+    header = ['hierarchy', 'loss', 'min ms', 'median ms', 'min / CE', 'median / CE', 'kept for backward, MiB'] + (['peak, MiB'] if device.type == 'cuda' else [])
+    print(f'\n### Forward + backward at batch {bs} on {device_name(device)}\n\n' + table(rows, header))
+    print('\nBuilding each `Hierarchy` with `Hierarchy.from_parents`:\n\n' + table(builds, ['hierarchy', 'seconds']))
+
+def synthetic_learner(model, n_in, n_classes, loss_func, cbs=None, n=512, bs=64, device=None):
+    "A `Learner` on random data, quiet, for timing"
+    xs,ys = torch.randn(n, *n_in),torch.randint(0, n_classes, (n,))
+    dls = DataLoaders.from_dsets(list(zip(xs, ys)), list(zip(xs[:bs], ys[:bs])), bs=bs, device=device, num_workers=0)
+    learn = Learner(dls, model, loss_func=loss_func, cbs=cbs)
+    learn.remove_cbs(learn.cbs.filter(lambda o: type(o).__name__ == 'ProgressCallback'))
+    learn.logger = noop
+    return learn
+
+def bench_step(device, bs, size, repeats):
+    "What the loss adds to a resnet18 training step at 37 classes"
+    parents,vocab = random_tree(SIZES['37 classes, 2 levels'])
+    hier = Hierarchy.from_parents(parents, vocab)
+    model = resnet18(num_classes=37).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x,targ = torch.randn(bs, 3, size, size, device=device),torch.randint(0, 37, (bs,), device=device)
+    def step(lf):
+        lf(model(x), targ).backward(); opt.step(); opt.zero_grad()
+    ce,hl = CrossEntropyLossFlat(),HierarchicalLoss(hier)
+    steps = time_side_by_side({'CE': lambda: step(ce), 'HL': lambda: step(hl)}, repeats, device, warmup=1)
+    out = torch.randn(bs, 37, device=device)
+    loss_times = time_side_by_side({'CE': lambda: fwd_bwd(ce, out, targ), 'HL': lambda: fwd_bwd(hl, out, targ)}, 200, device)
+    step_s = statistics.median(steps['CE'])
+    extra = statistics.median(loss_times['HL']) - statistics.median(loss_times['CE'])
+    print(f'\n### A resnet18 training step at 37 classes (batch {bs}, {size} px, {device_name(device)})\n\n' + table([
+        ['step with CrossEntropyLossFlat, median', f'{step_s*1e3:.1f} ms'],
+        ['step with HierarchicalLoss, median', f'{statistics.median(steps["HL"])*1e3:.1f} ms'],
+        ['HierarchicalLoss minus CrossEntropyLossFlat, forward + backward alone, median of 200', f'{extra*1e6:.0f} µs'],
+        ['what the loss adds to the step', f'**{extra/step_s:.2%}**']], ['', '']))
+
+def bench_callbacks(device, repeats):
+    "Time a batch adds with each callback to a small model's training, and the `CoarseToFine` switch"
+    parents,vocab = random_tree(SIZES['37 classes, 2 levels'])
+    hier = Hierarchy.from_parents(parents, vocab)
+    cbs = {'none': lambda: [], 'TemperatureSchedule(start=4)': lambda: [TemperatureSchedule(start=4.)],
+           'LevelWeightSchedule': lambda: [LevelWeightSchedule({0: [0.2, 0.8], 0.5: [0.8, 0.2]})],
+           'CoarseToFine(coarse_pct=0.5)': lambda: [CoarseToFine(hier, coarse_pct=0.5)]}
+    def fit(cbs, n_batches):
+        model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 37))
+        synthetic_learner(model, (64,), 37, HierarchicalLoss(hier), cbs=cbs(), n=64*n_batches, device=device).fit(1, 1e-3)
+    # the slope between a short and a long fit: the time per batch, without what a fit costs once
+    short,long = 8,40
+    times = time_side_by_side({(k,n):(lambda cb=cb,n=n: fit(cb, n)) for k,cb in cbs.items() for n in (short, long)}, repeats, device, warmup=1)
+    per_batch = {k:(statistics.median(times[k,long]) - statistics.median(times[k,short]))/(long-short) for k in cbs}
+    rows = [[k, f'{t*1e3:.2f}', f'{(t-per_batch["none"])*1e6:+.0f}'] for k,t in per_batch.items()]
+    print(f'\n### Callbacks, per training batch (a 2-layer model on random data, batches of 64, {device_name(device)})\n\n'
+          + table(rows, ['callbacks', 'ms per batch, median', 'added µs per batch']))
+    rows = []
+    for label in ('37 classes, 2 levels', '10,000 classes, 7 levels'):
+        sizes = SIZES[label]
+        parents,vocab = random_tree(sizes)
+        hier = Hierarchy.from_parents(parents, vocab)
+        learn = synthetic_learner(resnet18(num_classes=sizes[0]), (3, 32, 32), sizes[0], HierarchicalLoss(hier), device=device)
+        learn.model.to(device)
+        learn.create_opt()
+        cb = CoarseToFine(hier, coarse_epochs=1)
+        learn.add_cb(cb)
+        ts = []
+        for _ in range(max(3, repeats)):
+            cb._to_level(hier.n_levels-1)
+            sync(device); t = time.perf_counter(); cb._to_level(0); sync(device) # the switch: regroup the head, rebuild the optimiser
+            ts.append(time.perf_counter() - t)
+        rows.append([f'resnet18, {label}', f'{statistics.median(ts)*1e3:.1f}'])
+    print(f'\n`CoarseToFine`: switching from the coarsest head to the fine one (median):\n\n' + table(rows, ['model', 'ms']))
+
+def device_name(device):
+    if device.type == 'cuda': return torch.cuda.get_device_name(device)
+    return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} thread(s)'
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--bs', type=int, default=256, help='batch size of the loss benchmark')
+    p.add_argument('--repeats', type=int, default=30, help='timed calls of each loss, interleaved')
+    p.add_argument('--threads', type=int, default=1, help='CPU threads (the target is stated for one)')
+    p.add_argument('--device', default=None, help="'cpu', 'cuda', ...; default: the CPU, then the GPU if there is one")
+    p.add_argument('--step-bs', type=int, default=32, help='batch size of the resnet18 step')
+    p.add_argument('--step-size', type=int, default=224, help='image size of the resnet18 step')
+    p.add_argument('--step-repeats', type=int, default=5)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f'torch {torch.__version__}, {platform.platform()}')
+    devices = [args.device] if args.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    for d in map(torch.device, devices):
+        bench_losses(d, args.bs, args.repeats)
+        bench_step(d, args.step_bs, args.step_size, args.step_repeats)
+        bench_callbacks(d, args.step_repeats)

@@ -1,0 +1,72 @@
+"Large taxonomies: 10,000 fine classes in 7 levels, as iNaturalist's, with no per-class loops and no class-by-class matrices"
+import random, math
+import pytest, torch
+import torch.nn.functional as F
+from types import SimpleNamespace
+from fastai_hier.all import Hierarchy, HierarchicalLoss, MistakeSeverity, level_accuracy, hierarchical_distance
+
+SIZES = (10000, 4884, 1103, 273, 51, 11, 3)   # iNaturalist 2021: species, genus, family, order, class, phylum, kingdom
+
+@pytest.fixture(scope='module')
+def big():
+    rng = random.Random(0)
+    names = [[f'L{i}_{j}' for j in range(n)] for i,n in enumerate(SIZES)]
+    parents = {}
+    for kids,ups in zip(names, names[1:]):
+        kids = rng.sample(kids, len(kids))
+        for j,k in enumerate(kids): parents[k] = ups[j] if j < len(ups) else rng.choice(ups)
+    return Hierarchy.from_parents(parents, rng.sample(names[0], len(names[0])), names=['species', 'genus', 'family', 'order', 'class', 'phylum', 'kingdom'])
+
+def test_levels(big):
+    assert big.n_classes == list(SIZES)
+    assert big.maps.shape == (7, 10000) and big.maps.dtype == torch.long
+    for i in range(1, 7):   # every group of a level lies in one group of the next
+        up = big.ups[i-1]
+        assert (up[big.maps[i-1]] == big.maps[i]).all()
+
+def reference(x, targ, hier, weights):
+    "The loss from `Hierarchy.coarsen`: log-sum-exps of the log-softmax within each group"
+    lp = F.log_softmax(x.double(), -1)
+    return -sum(w*hier.coarsen(lp, i).gather(-1, hier.to_level(targ, i)[:,None])[:,0] for i,w in enumerate(weights)).mean()
+
+def test_loss_matches_log_space_reference(big):
+    torch.manual_seed(0)
+    x,targ = torch.randn(64, 10000)*4,torch.randint(0, 10000, (64,))
+    weights = [.3, 0., .1, .1, .1, .2, .2]
+    xg = x.clone().requires_grad_()
+    loss = HierarchicalLoss(big, weights)(xg, targ)
+    loss.backward()
+    xr = x.double().requires_grad_()
+    ref = reference(xr, targ, big, weights)
+    ref.backward()
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
+    assert torch.allclose(xg.grad.double(), xr.grad, atol=1e-7)
+
+def test_confident_logits_stay_finite(big):
+    "A model sure of a class in another kingdom: the target's groups are summed in log space"
+    targ = torch.arange(8)*1000
+    wrong = big.maps[-1][targ] != big.maps[-1][(targ+1)%10000]
+    x = torch.full((8, 10000), -50.)
+    x[torch.arange(8), (targ+1)%10000] = 60.
+    xg = x.clone().requires_grad_()
+    loss = HierarchicalLoss(big)(xg, targ)
+    loss.backward()
+    assert loss.isfinite() and xg.grad.isfinite().all()
+    ref = reference(x, targ, big, [1/7]*7)
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5), (loss.item(), ref.item())
+    assert wrong.any() # some targets are in another kingdom than the prediction
+
+def test_metrics_need_no_class_by_class_matrix(big):
+    preds,targ = torch.randn(32, 10000),torch.randint(0, 10000, (32,))
+    assert 0 <= level_accuracy(preds, targ, big, 'genus') <= 1
+    assert 0 <= hierarchical_distance(preds, targ, big, k=5) <= 7
+    ms = MistakeSeverity(big)
+    ms.reset()
+    ms.accumulate(SimpleNamespace(pred=preds, yb=(targ,), to_detach=lambda x: x))
+    assert 0 < ms.value <= 7
+    assert big._distances is None   # the 10,000 x 10,000 matrix was never built
+    pred = preds.argmax(-1)
+    df = big.df   # one row per class, its group at every level
+    expected = [int((df.iloc[a] != df.iloc[b]).sum()) for a,b in zip(targ.tolist(), pred.tolist())]
+    assert big.distance(targ, pred).tolist() == expected
+    assert big._distances is None
