@@ -8,7 +8,7 @@ the memory the loss keeps for its backward (and the peak on a GPU), the build ti
 what the loss adds to a resnet18 training step, the callbacks' cost per batch and the `CoarseToFine` switch.
 Nothing is downloaded: the hierarchies are random trees of the given sizes, the images random tensors.
 """
-import argparse, platform, random, statistics, time
+import argparse, os, platform, random, statistics, time
 import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.models import resnet18
 from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat, noop
@@ -41,6 +41,12 @@ class NaiveLoss:
             P = torch.stack([p[:,g].sum(1) for g in groups], 1)
             loss = loss - P.gather(1, self.hier.to_level(targ, i)[:,None]).log().mean()
         return loss / self.hier.n_levels
+
+OUT = []
+def say(*lines):
+    "Print, and keep for `--out`"
+    print(*lines)
+    OUT.extend(lines)
 
 def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
@@ -93,8 +99,8 @@ def bench_losses(device, bs, repeats):
             rows.append([label, k, f'{mn*1e3:.2f}', f'{md*1e3:.2f}', f'**{mn/ce_min:.2f}x**', f'{md/ce_med:.2f}x', f'{mem[k][0]:.1f}']
                         + ([f'{mem[k][1]:.1f}'] if device.type == 'cuda' else []))
     header = ['hierarchy', 'loss', 'min ms', 'median ms', 'min / CE', 'median / CE', 'kept for backward, MiB'] + (['peak, MiB'] if device.type == 'cuda' else [])
-    print(f'\n### Forward + backward at batch {bs} on {device_name(device)}\n\n' + table(rows, header))
-    print('\nBuilding each `Hierarchy` with `Hierarchy.from_parents`:\n\n' + table(builds, ['hierarchy', 'seconds']))
+    say(f'\n### Forward + backward at batch {bs} on {device_name(device)}\n\n' + table(rows, header))
+    say('\nBuilding each `Hierarchy` with `Hierarchy.from_parents`:\n\n' + table(builds, ['hierarchy', 'seconds']))
 
 def synthetic_learner(model, n_in, n_classes, loss_func, cbs=None, n=512, bs=64, device=None):
     "A `Learner` on random data, quiet, for timing"
@@ -120,7 +126,7 @@ def bench_step(device, bs, size, repeats):
     loss_times = time_side_by_side({'CE': lambda: fwd_bwd(ce, out, targ), 'HL': lambda: fwd_bwd(hl, out, targ)}, 200, device)
     step_s = statistics.median(steps['CE'])
     extra = statistics.median(loss_times['HL']) - statistics.median(loss_times['CE'])
-    print(f'\n### A resnet18 training step at 37 classes (batch {bs}, {size} px, {device_name(device)})\n\n' + table([
+    say(f'\n### A resnet18 training step at 37 classes (batch {bs}, {size} px, {device_name(device)})\n\n' + table([
         ['step with CrossEntropyLossFlat, median', f'{step_s*1e3:.1f} ms'],
         ['step with HierarchicalLoss, median', f'{statistics.median(steps["HL"])*1e3:.1f} ms'],
         ['HierarchicalLoss minus CrossEntropyLossFlat, forward + backward alone, median of 200', f'{extra*1e6:.0f} µs'],
@@ -139,10 +145,10 @@ def bench_callbacks(device, repeats):
     # the slope between a short and a long fit: the time per batch, without what a fit costs once
     short,long = 8,40
     times = time_side_by_side({(k,n):(lambda cb=cb,n=n: fit(cb, n)) for k,cb in cbs.items() for n in (short, long)}, repeats, device, warmup=1)
-    per_batch = {k:(statistics.median(times[k,long]) - statistics.median(times[k,short]))/(long-short) for k in cbs}
+    per_batch = {k:(min(times[k,long]) - min(times[k,short]))/(long-short) for k in cbs}
     rows = [[k, f'{t*1e3:.2f}', f'{(t-per_batch["none"])*1e6:+.0f}'] for k,t in per_batch.items()]
-    print(f'\n### Callbacks, per training batch (a 2-layer model on random data, batches of 64, {device_name(device)})\n\n'
-          + table(rows, ['callbacks', 'ms per batch, median', 'added µs per batch']))
+    say(f'\n### Callbacks, per training batch (a 2-layer model on random data, batches of 64, {device_name(device)})\n\n'
+          + table(rows, ['callbacks', 'ms per batch', 'added µs per batch']))
     rows = []
     for label in ('37 classes, 2 levels', '10,000 classes, 7 levels'):
         sizes = SIZES[label]
@@ -159,7 +165,7 @@ def bench_callbacks(device, repeats):
             sync(device); t = time.perf_counter(); cb._to_level(0); sync(device) # the switch: regroup the head, rebuild the optimiser
             ts.append(time.perf_counter() - t)
         rows.append([f'resnet18, {label}', f'{statistics.median(ts)*1e3:.1f}'])
-    print(f'\n`CoarseToFine`: switching from the coarsest head to the fine one (median):\n\n' + table(rows, ['model', 'ms']))
+    say(f'\n`CoarseToFine`: switching from the coarsest head to the fine one (median):\n\n' + table(rows, ['model', 'ms']))
 
 def device_name(device):
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
@@ -174,12 +180,14 @@ if __name__ == '__main__':
     p.add_argument('--step-bs', type=int, default=32, help='batch size of the resnet18 step')
     p.add_argument('--step-size', type=int, default=224, help='image size of the resnet18 step')
     p.add_argument('--step-repeats', type=int, default=5)
+    p.add_argument('--out', default=None, help='also write the tables to this markdown file')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f'torch {torch.__version__}, {platform.platform()}')
+    say(f'Measured with torch {torch.__version__} on {platform.platform()}, {os.cpu_count()} cores' + (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') + ':')
     devices = [args.device] if args.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for d in map(torch.device, devices):
         bench_losses(d, args.bs, args.repeats)
         bench_step(d, args.step_bs, args.step_size, args.step_repeats)
         bench_callbacks(d, args.step_repeats)
+    if args.out: open(args.out, 'w').write('\n'.join(OUT).strip() + '\n')

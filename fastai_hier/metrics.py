@@ -85,7 +85,7 @@ class MistakeSeverity(Metric):
         pred = inp.argmax(-1)
         wrong = pred != targ
         self.total += learn.to_detach(self.hier.distance(targ[wrong], pred[wrong]).float().sum())
-        self.count += learn.to_detach(wrong.sum())
+        self.count += learn.to_detach(wrong.sum().float()) # float: distributed training averages it across processes
     @property
     def value(self): return self.total/self.count if self.count else None
     @property

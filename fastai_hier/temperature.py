@@ -159,8 +159,9 @@ class ECE(Metric):
     def accumulate(self, learn):
         lf = _real_loss(learn.loss_func)
         probs = lf.activation(learn.pred) if hasattr(lf, 'activation') else F.softmax(learn.pred.float(), dim=self.axis)
-        bins = _calibration_bins(*_flat(probs, *learn.yb, axis=self.axis), self.n_bins)
-        self.bins = self.bins + torch.stack(learn.to_detach(bins))
+        # gather the items, not the bin sums: in distributed training fastai concatenates gathered vectors but averages scalars
+        probs,targ = learn.to_detach((probs, learn.yb[0]))
+        self.bins = self.bins + torch.stack(_calibration_bins(*_flat(probs, targ, axis=self.axis), self.n_bins))
     @property
     def value(self): return None if isinstance(self.bins, int) else _ece(*self.bins)
 
