@@ -86,7 +86,7 @@ class SoftLabelsCrossEntropy(_TreeLoss):
         reduction:str='mean', # 'mean', 'sum' or 'none'
     ):
         super().__init__(hier, ignore_index, reduction)
-        self.beta,self.d_max = beta,max(int(hier.distances.max()), 1)
+        self.beta,self.d_max = beta,max(sum(n > 1 for n in hier.n_classes), 1) # two classes differ at most at every level with several groups
 
     def per_item(self, log_probs, targ):
         classes = torch.arange(len(self.hier), device=targ.device)

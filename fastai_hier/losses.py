@@ -152,8 +152,7 @@ def crm_decode(
     if p.shape[-1] != n: raise ValueError(f"`crm_decode` got {p.shape[-1]} classes on axis {axis} but the hierarchy has {n} fine classes: give probabilities over the classes of `hier.vocab`.")
     if (p < 0).any() or not torch.allclose(p.sum(-1), p.new_ones(()), atol=1e-3):
         raise ValueError(f"`crm_decode` needs probabilities that sum to 1 along axis {axis}; these do not (logits?): apply the loss's `activation` (a softmax) first.")
-    classes = torch.arange(n, device=p.device)
-    return (p @ hier.distance(classes[:,None], classes).float()).argmin(-1)
+    return (p @ hier._on('distances', p.device).float()).argmin(-1) # the class-by-class matrix, built on first use
 
 def _check_decode(decode):
     if decode not in ('argmax', 'crm'): raise ValueError(f"Unknown decode {decode!r}: use 'argmax' (the most likely class) or 'crm' (the class of least expected tree distance, `crm_decode`).")
