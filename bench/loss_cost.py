@@ -52,16 +52,15 @@ def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
 def fwd_bwd(loss_func, x, targ):
-    "One forward and backward; the bytes kept for the backward"
-    saved = 0
+    "One forward and backward; the bytes kept for the backward (each tensor once, however many operations keep it)"
+    saved = {}
     def pack(t):
-        nonlocal saved
-        saved += t.numel()*t.element_size()
+        saved[t.data_ptr()] = t.untyped_storage().nbytes()
         return t
     x = x.detach().requires_grad_()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): loss = loss_func(x, targ)
     loss.backward()
-    return saved
+    return sum(saved.values())
 
 def time_side_by_side(funcs:dict, repeats, device, warmup=2) -> dict:
     "Seconds of each call in `funcs`, interleaved so that the machine's noise falls on all alike"

@@ -299,6 +299,8 @@ def main(argv=None):
     "Entry point of `fastai-hier` and `python -m fastai_hier`"
     p = _parser()
     args = p.parse_args(argv)
+    # under torchrun/accelerate every process would train alone and write the same files; fastai would try to gather between them
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1: p.error("fastai-hier trains in one process, and was launched in several (WORLD_SIZE is set): run it without torchrun/accelerate, or for distributed training write a script with `with learn.distrib_ctx(): ...` (README, 'Distributed training').")
     try:
         _arch(args.arch)
         dls, hier = load_data(args.data, args.hierarchy, args.size, args.bs, args.per_breed, args.aug, device=_device(args.device))

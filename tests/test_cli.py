@@ -35,6 +35,12 @@ def test_bad_input(argv, msg, capsys):
     assert code == 2 and msg in err, err
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
+def test_refuses_several_processes(capsys, monkeypatch):
+    "Launched by torchrun or accelerate, it says how to train distributed instead of crashing inside fastai"
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    code, err = _exit_code(['train', '--size', '32', '--per-breed', '2'], capsys)
+    assert code == 2 and 'one process' in err and 'distrib_ctx' in err
+
 def test_no_cuda(capsys):
     code, err = _exit_code(['train', '--device', 'cuda', '--size', '32', '--per-breed', '2'], capsys)
     assert code == 2 and 'CUDA is not available' in err
