@@ -85,14 +85,18 @@ class Hierarchy:
 
     def coarsen(self, log_probs:Tensor, level) -> Tensor:
         "Log-probabilities at `level` from fine log-probabilities on the last axis: the log of each group's summed probability"
+        for i in range(self.level(level)): log_probs = self.logsumexp_to_parents(log_probs, i)
+        return log_probs
+
+    def logsumexp_to_parents(self, x:Tensor, level) -> Tensor:
+        "Log-sum-exps over the groups of `level + 1` of the log-values `x` over the groups of `level`, on the last axis"
         i = self.level(level)
-        if i == 0: return log_probs
-        idx = self._on('maps', log_probs.device)[i].expand_as(log_probs)
-        shape = (*log_probs.shape[:-1], self.n_classes[i])
-        # logsumexp within each group: shift by the group's max so that nothing under- or overflows
-        gmax = log_probs.detach().new_full(shape, -float('inf')).scatter_reduce(-1, idx, log_probs.detach(), 'amax')
+        idx = self._on('ups', x.device)[i].expand_as(x)
+        shape = (*x.shape[:-1], self.n_classes[i+1])
+        # shift by each group's max so that nothing under- or overflows
+        gmax = x.detach().new_full(shape, -float('inf')).scatter_reduce(-1, idx, x.detach(), 'amax')
         gmax = torch.where(gmax.isfinite(), gmax, 0.)
-        sums = log_probs.new_zeros(shape).scatter_add(-1, idx, (log_probs - gmax.gather(-1, idx)).exp())
+        sums = x.new_zeros(shape).scatter_add(-1, idx, (x - gmax.gather(-1, idx)).exp())
         return gmax + sums.log()
 
     def sum_to_parents(self, x:Tensor, level) -> Tensor:

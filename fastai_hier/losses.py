@@ -130,10 +130,10 @@ class HierarchicalCrossEntropy(Module):
 
     def _smoothed(self, x, targ, keep, cw, item_w):
         "The loss with label smoothing, which needs every group's log-probability: log-sum-exps within the groups"
-        log_probs,loss = F.log_softmax(x, dim=-1),0.
-        for i,w in enumerate(self._weights):
+        lp,loss,top = F.log_softmax(x, dim=-1),0.,max(i for i,w in enumerate(self._weights) if w)
+        for i,w in enumerate(self._weights[:top+1]):
+            if i: lp = self.hier.logsumexp_to_parents(lp, i-1) # the groups of level i, from those of the level below
             if w == 0: continue
-            lp = self.hier.coarsen(log_probs, i)
             nll = -lp.gather(-1, self.hier.to_level(targ, i)[...,None])[...,0]*item_w
             # as `nn.CrossEntropyLoss`: each class's smoothing term has its own weight (a group's: its classes' mean)
             gw = 1. if cw is None else _group_mean(cw, self.hier, i)

@@ -7,15 +7,18 @@ from fastai_hier.all import Hierarchy, HierarchicalLoss, MistakeSeverity, level_
 
 SIZES = (10000, 4884, 1103, 273, 51, 11, 3)   # iNaturalist 2021: species, genus, family, order, class, phylum, kingdom
 
-@pytest.fixture(scope='module')
-def big():
-    rng = random.Random(0)
-    names = [[f'L{i}_{j}' for j in range(n)] for i,n in enumerate(SIZES)]
+def random_tree(sizes, seed=0, **kwargs):
+    "A random `Hierarchy` with `sizes[i]` groups at level i, none empty, over a shuffled vocab"
+    rng = random.Random(seed)
+    names = [[f'L{i}_{j}' for j in range(n)] for i,n in enumerate(sizes)]
     parents = {}
     for kids,ups in zip(names, names[1:]):
         kids = rng.sample(kids, len(kids))
         for j,k in enumerate(kids): parents[k] = ups[j] if j < len(ups) else rng.choice(ups)
-    return Hierarchy.from_parents(parents, rng.sample(names[0], len(names[0])), names=['species', 'genus', 'family', 'order', 'class', 'phylum', 'kingdom'])
+    return Hierarchy.from_parents(parents, rng.sample(names[0], len(names[0])), **kwargs)
+
+@pytest.fixture(scope='module')
+def big(): return random_tree(SIZES, names=['species', 'genus', 'family', 'order', 'class', 'phylum', 'kingdom'])
 
 def test_levels(big):
     assert big.n_classes == list(SIZES)
@@ -70,3 +73,18 @@ def test_metrics_need_no_class_by_class_matrix(big):
     expected = [int((df.iloc[a] != df.iloc[b]).sum()) for a,b in zip(targ.tolist(), pred.tolist())]
     assert big.distance(targ, pred).tolist() == expected
     assert big._distances is None
+
+def test_label_smoothing_matches_dense_formula():
+    "With label smoothing every group's log-probability counts: against group sums by a dense one-hot matmul in float64"
+    sizes = (1000, 300, 60, 10)
+    hier = random_tree(sizes, seed=1)
+    torch.manual_seed(0)
+    x,targ,eps,weights = torch.randn(32, 1000)*4,torch.randint(0, 1000, (32,)),0.1,[.4, .3, 0., .3]
+    p = x.double().softmax(-1)
+    ref = 0.
+    for i,w in enumerate(weights):
+        log_P = (p @ F.one_hot(hier.maps[i], sizes[i]).double()).log()
+        nll = -log_P.gather(-1, hier.to_level(targ, i)[:,None])[:,0]
+        ref = ref + w*((1-eps)*nll - eps*log_P.mean(-1))
+    loss = HierarchicalLoss(hier, weights, label_smoothing=eps)(x, targ)
+    assert math.isclose(loss.item(), ref.mean().item(), rel_tol=1e-5)
