@@ -1,21 +1,19 @@
 "Large taxonomies: 10,000 fine classes in 7 levels, as iNaturalist's, with no per-class loops and no class-by-class matrices"
-import random, math
+import math, sys
+from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
 from types import SimpleNamespace
 from fastai_hier.all import Hierarchy, HierarchicalLoss, MistakeSeverity, level_accuracy, hierarchical_distance
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'bench'))
+from loss_cost import random_tree as bench_tree
+
 SIZES = (10000, 4884, 1103, 273, 51, 11, 3)   # iNaturalist 2021: species, genus, family, order, class, phylum, kingdom
 
 def random_tree(sizes, seed=0, **kwargs):
-    "A random `Hierarchy` with `sizes[i]` groups at level i, none empty, over a shuffled vocab"
-    rng = random.Random(seed)
-    names = [[f'L{i}_{j}' for j in range(n)] for i,n in enumerate(sizes)]
-    parents = {}
-    for kids,ups in zip(names, names[1:]):
-        kids = rng.sample(kids, len(kids))
-        for j,k in enumerate(kids): parents[k] = ups[j] if j < len(ups) else rng.choice(ups)
-    return Hierarchy.from_parents(parents, rng.sample(names[0], len(names[0])), **kwargs)
+    "A random `Hierarchy` with `sizes[i]` groups at level i, none empty, over a shuffled vocab (the benchmark's trees)"
+    return Hierarchy.from_parents(*bench_tree(sizes, seed), **kwargs)
 
 @pytest.fixture(scope='module')
 def big(): return random_tree(SIZES, names=['species', 'genus', 'family', 'order', 'class', 'phylum', 'kingdom'])
