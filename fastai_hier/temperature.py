@@ -129,10 +129,10 @@ class TrainingTemperature(Metric):
     def name(self): return 'temperature'
 
 # %% ../nbs/20_temperature.ipynb #9cc2eb5b
-def _calibration_bins(probs, targ, n_bins):
+def _calibration_bins(probs, targ, n_bins, pred=None):
     "Per confidence bin: number of predictions, their summed confidence, number right"
     if targ.is_floating_point(): raise ValueError(f"The calibration error needs class-index targets, got {targ.dtype} targets: it measures single-label classifiers.")
-    conf,pred = probs.float().max(-1)
+    conf,pred = probs.float().max(-1) if pred is None else (probs.float().gather(-1, pred[...,None])[...,0], pred)
     idx = torch.bucketize(conf, torch.linspace(0, 1, n_bins+1, device=conf.device)[1:-1])
     def _sum(v): return torch.zeros(n_bins, dtype=torch.float64, device=conf.device).index_add_(0, idx, v.double())
     return _sum(torch.ones_like(conf)),_sum(conf),_sum((pred == targ).float())
@@ -144,9 +144,11 @@ def expected_calibration_error(
     targ:Tensor, # Class indices
     n_bins:int=15, # Equal-width confidence bins
     axis:int=-1, # Class axis
+    pred:Tensor=None, # The predicted classes, one per item, if not the most probable (e.g. `crm_decode`'s)
 ) -> float:
-    "Gap between confidence and accuracy of the top-1 predictions, averaged over `n_bins` confidence bins"
-    return _ece(*_calibration_bins(*_flat(probs, targ, axis), n_bins))
+    "Gap between confidence and accuracy of the top-1 (or `pred`) predictions, averaged over `n_bins` confidence bins"
+    if pred is not None: pred = pred.flatten()
+    return _ece(*_calibration_bins(*_flat(probs, targ, axis), n_bins, pred))
 
 # %% ../nbs/20_temperature.ipynb #89994138
 class ECE(Metric):
