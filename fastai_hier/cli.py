@@ -421,6 +421,7 @@ def _device(name):
 def _check_args(args):
     "Numbers that would fail deep inside fastai, refused up front"
     if args.epochs < 0 or args.freeze_epochs < 0 or args.epochs + args.freeze_epochs == 0: raise ValueError(f"--epochs {args.epochs} --freeze-epochs {args.freeze_epochs}: both are at least 0, and together at least 1.")
+    if args.folds < 0 or args.folds == 1: raise ValueError(f"--folds {args.folds}: give 0 for the fixed validation split, or 2 or more folds.")
     if not args.pretrained and not args.epochs: raise ValueError("--epochs 0 trains only the head on a frozen pretrained body: with --no-pretrained give --epochs 1 or more.")
     for k in ('size', 'bs', 'lr', 'per_breed'):
         v = getattr(args, k)

