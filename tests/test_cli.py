@@ -86,7 +86,7 @@ def test_no_network_for_pretrained_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))   # no cached weights
     def offline(*args, **kwargs): raise urllib.error.URLError('no network')
     monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
-    code, err = _exit_code(['train', '--arch', 'resnet18', '--per-breed', '2', '--size', '32', '--out', str(tmp_path)], capsys)
+    code, err = _exit_code(['train', '--arch', 'resnet18', '--per-breed', '2', '--size', '32', '--bs', '16', '--out', str(tmp_path)], capsys)
     assert code == 2 and 'could not be downloaded' in err and '--arch tf_efficientnet_lite0' in err, err
 
 def test_pets_offline(tmp_path, monkeypatch, capsys):
