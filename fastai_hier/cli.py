@@ -483,7 +483,7 @@ def _sweep(args, items):
         plot_paired(p, args.out/'paired.png')
     (args.out/'summary.md').write_text(md + '\n')
     print(md)
-    print(f"rows: {args.out/'sweep.csv'}, summary: {args.out/'summary.md'}, paired differences: {args.out/'paired.csv'}, plot: {args.out/'paired.png'}")
+    print(f"rows: {args.out/'sweep.csv'}, summary: {args.out/'summary.md'}" + (f", paired differences: {args.out/'paired.csv'}, plot: {args.out/'paired.png'}" if len(p) else ''))
 
 # %% ../nbs/50_cli.ipynb #6dd0d023
 def main(argv=None):
