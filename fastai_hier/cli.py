@@ -209,8 +209,7 @@ def evaluate(probs:Tensor, targ:Tensor, hier:Hierarchy, decode:str='argmax') -> 
     pred = scores.argmax(-1)
     res = {f'{hier.names[0]}_accuracy': (pred == targ).float().mean().item()}
     for n in hier.names[1:]:
-        right = hier.to_level(pred, n) == hier.to_level(targ, n) if decode == 'crm' else hier.coarsen(probs.log(), n).argmax(-1) == hier.to_level(targ, n)
-        res[f'{n}_accuracy'] = right.float().mean().item()
+        res[f'{n}_accuracy'] = ((hier.to_level(pred, n) == hier.to_level(targ, n)).float().mean() if decode == 'crm' else level_accuracy(probs.log(), targ, hier, n)).item()
     wrong = pred != targ
     res['mistake_severity'] = hier.distance(targ[wrong], pred[wrong]).float().mean().item() if wrong.any() else float('nan')
     res['hier_distance@5'] = hierarchical_distance(scores, targ, hier, k=5).item()
