@@ -321,6 +321,7 @@ def check_loss(
     if isinstance(loss, type): raise ValueError(f"{loss.__name__} is a class: pass an instance, e.g. `check_loss({loss.__name__}(), ...)`.")
     if not callable(loss): raise ValueError(f"The loss must be callable as `loss(preds, targets)`; got a {type(loss).__name__}.")
     hier = ifnone(hier, getattr(loss, 'hier', None))
+    if dls is not None and hier is not None and getattr(dls, 'vocab', None) is not None: hier.check_vocab(dls.vocab, f'The hierarchy of {_loss_name(loss)}')
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         n,targ = _targets(n_classes, dls, hier)

@@ -9,6 +9,7 @@ __all__ = ['Hierarchy']
 
 # %% ../nbs/00_hierarchy.ipynb #d20b1d13
 from fastai.torch_basics import *
+from fastai.data.transforms import CategoryMap
 import pandas as pd
 
 # %% ../nbs/00_hierarchy.ipynb #7a73f1ee
@@ -29,19 +30,19 @@ class Hierarchy:
     "A tree over class names with named levels, finest first; the classes at level 0 follow `vocab`"
     def __init__(self,
         parents:dict, # Child -> parent, for every node below the top level
-        vocab:list=None, # Fine classes in the model's output order (e.g. `dls.vocab`); default: the leaves, sorted
+        vocab:list=None, # Fine classes in the model's output order (e.g. `dls.vocab`); default: the leaves in `CategoryMap` order (sorted), as `dls.vocab` has them
         names:list=None, # One name per level, finest first; default `fine`, `level1`, `level2`...
     ):
         parents = dict(parents)
         inner = set(parents.values())
-        leaves = sorted(set(parents)-inner, key=str)
+        leaves = list(CategoryMap(set(parents)-inner)) # fastai's order, so that the default matches `dls.vocab`
         vocab = leaves if vocab is None else list(vocab)
         if _dups(vocab): raise ValueError(f"The vocab has duplicate classes: {_dups(vocab)}.")
         missing = [v for v in vocab if v not in parents and v not in inner]
         if missing: raise ValueError(f"Classes of the vocab are missing from the hierarchy: {missing}. Give each of them a parent.")
         not_leaves = [v for v in vocab if v in inner]
         if not_leaves: raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine classes must be leaves.")
-        extra = sorted(set(leaves)-set(vocab), key=str)
+        extra = [o for o in leaves if o not in set(vocab)]
         if extra: raise ValueError(f"Hierarchy leaves are not in the vocab: {extra}. Remove them from the hierarchy or add them to the vocab.")
         paths = [_path_to_top(v, parents) for v in vocab]
         n = max(map(len, paths))
@@ -138,6 +139,15 @@ class Hierarchy:
                 yield from _lines(c, prefix + ('    ' if last else '│   '))
         return '\n'.join(l for top in self.classes[-1] for l in [str(top), *_lines(top, '')])
 
+    def check_vocab(self, vocab:list, what:str='This hierarchy'):
+        "Raise unless `vocab` (e.g. `dls.vocab`) lists this hierarchy's fine classes in the same order: class `i` must be output `i`"
+        vocab = list(vocab)
+        if vocab == list(self.vocab): return
+        if len(vocab) != len(self) or set(vocab) != set(self.vocab):
+            raise ValueError(f"{what} has {len(self)} fine classes and `dls.vocab` {len(vocab)}, not the same ones (in the vocab only: {[o for o in vocab if o not in self.vocab][:5]}; in the hierarchy only: {[o for o in self.vocab if o not in vocab][:5]}): build the hierarchy on `dls.vocab`.")
+        diff = ', '.join(f"{i}: {a!r} vs {b!r}" for i,(a,b) in enumerate(zip(vocab, self.vocab)) if a != b)
+        raise ValueError(f"{what} orders its fine classes unlike `dls.vocab`, so class indices would be mislabelled; first differing positions (dls.vocab vs hierarchy) {diff[:300]}. Build the hierarchy with `vocab=dls.vocab`.")
+
     def __len__(self): return len(self.vocab)
     def __repr__(self):
         return f"{type(self).__name__}(" + ' → '.join(f"{n}: {k}" for n,k in zip(self.names, self.n_classes)) + ")"
@@ -183,13 +193,19 @@ def from_parents(cls:Hierarchy,
 @patch(cls_method=True)
 def from_df(cls:Hierarchy,
     df:pd.DataFrame, # One row per fine class, one column per level, finest first; empty cells for ragged paths
-    vocab:list=None, # Fine classes in the model's output order; default: the first column's order
+    vocab:list=None, # Fine classes in the model's output order; default: the leaves in `CategoryMap` order (sorted)
     names:list=None, # Level names; default: the column names
 ):
     "A `Hierarchy` from a DataFrame with one column per level"
+    if df.shape[1] < 2: raise ValueError(f"The table has {df.shape[1]} column {list(df.columns)}: a hierarchy needs one column per level, finest first. A CSV separated by ';' or tabs? Read it with `pd.read_csv(f, sep=None, engine='python')`.")
     parents = {}
-    for row in df.itertuples(index=False): _add_chain(parents, list(row))
-    return cls(parents, list(dict.fromkeys(df.iloc[:,0])) if vocab is None else vocab, list(df.columns) if names is None else names)
+    try:
+        for row in df.itertuples(index=False): _add_chain(parents, list(row))
+    except ValueError as e:
+        n0,n1 = df.iloc[:,0].nunique(),df.iloc[:,-1].nunique()
+        if n0 < n1: raise ValueError(f"{e} The columns go finest first, but the first, {df.columns[0]!r}, has {n0} distinct values and the last, {df.columns[-1]!r}, {n1}: reversed? Use `df[df.columns[::-1]]`.") from None
+        raise
+    return cls(parents, vocab, list(df.columns) if names is None else names)
 
 # %% ../nbs/00_hierarchy.ipynb #ab595939
 def _walk(tree, parent, parents):

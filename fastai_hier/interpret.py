@@ -32,7 +32,7 @@ class HierarchicalInterpretation(ClassificationInterpretation):
         super().__init__(learn, dl, losses, act)
         self.hier = ifnone(hier, _loss_hier(learn.loss_func))
         if self.hier is None: raise ValueError(f"The loss {learn.loss_func!r} has no hierarchy: pass it, `HierarchicalInterpretation.from_learner(learn, hier=hier)`.")
-        if list(self.hier.vocab) != list(self.vocab): raise ValueError(f"The hierarchy's classes {list(self.hier.vocab)[:5]}... are not the dataloaders' vocab {list(self.vocab)[:5]}...: build it on `dls.vocab`.")
+        self.hier.check_vocab(self.vocab, 'The hierarchy of `HierarchicalInterpretation`')
         if preds is None: preds = learn.get_preds(dl=dl, with_decoded=True, act=act)
         self.probs,self.targs,self.decoded = preds
         self.fine_vocab,self._level = self.vocab,0

@@ -12,14 +12,11 @@ __all__ = ['TemperatureFit', 'TemperatureSchedule', 'TrainingTemperature', 'expe
 from fastai.basics import *
 from fastai.callback.schedule import *
 from fastai.callback.mixup import MixHandler
-from .losses import HierarchicalLoss, HierarchicalCrossEntropy, _real_loss
+from .losses import HierarchicalLoss, HierarchicalCrossEntropy, _real_loss, _check_temperature
 from .metrics import _flat
 
 # %% ../nbs/20_temperature.ipynb #4021caaf
 def _has_temperature(lf): return isinstance(lf, (HierarchicalLoss, HierarchicalCrossEntropy))
-
-def _check_temperature(t, what):
-    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0): raise ValueError(f"{what} is {t!r}, but a temperature must be a positive number: logits are divided by it.")
 
 # %% ../nbs/20_temperature.ipynb #9e20b59a
 def _n_positional(f):
