@@ -14,6 +14,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from .hierarchy import *
 from .losses import HierarchicalLoss
 from .metrics import LevelAccuracy, spread_to_fine
+from .span import SpanCallback
 
 # %% ../nbs/30_coarse_to_fine.ipynb #a57baa61
 def _ancestors(hier, level, to_level):
@@ -105,63 +106,72 @@ def _reads_level(metric, level):
     return isinstance(metric, LevelAccuracy) and metric.level >= level
 
 # %% ../nbs/30_coarse_to_fine.ipynb #3553ef4d
-class CoarseToFine(Callback):
+class CoarseToFine(SpanCallback):
     "Train on a coarse level of `hier` first, then on the finer ones, regrouping the model's output layer at each step"
     # after `TrainEvalCallback`; before `MixUp` (which wraps the loss), mixed precision, `DistributedTrainer`, `Recorder` and the trackers
-    order,run_valid = -5,False
+    order = -5
     def __init__(self,
         hier:Hierarchy, # Classes and their groups; its fine level matches the model's outputs
         coarse_epochs:float=None, # Training epochs at `level` before the fine classes
-        coarse_pct:float=None, # Or: the fraction of the first fit's training at `level`
+        coarse_pct:float=None, # Or: the fraction of the span's training at `level`
         level:str|int=-1, # The coarse level; default: the coarsest
         schedule:dict=None, # Or: training epochs at each of several levels, e.g. `{'order': 1, 'family': 2}`, coarsest first
+        total_epochs:int=None, # Epochs of the consecutive fits the schedule spans (`freeze_epochs+epochs` for `fine_tune`); default: each fit
     ):
+        super().__init__(total_epochs)
         if sum(o is not None for o in (coarse_epochs, coarse_pct, schedule)) != 1:
             raise ValueError("Give one of `coarse_epochs`, `coarse_pct` or `schedule` to say how long to train on the coarse classes.")
         if coarse_pct is not None and not 0 < coarse_pct < 1: raise ValueError(f"`coarse_pct` is a fraction of the training, between 0 and 1 (excluded), got {coarse_pct}.")
         self.hier,self.coarse_pct = hier,coarse_pct
         if schedule is None: schedule = {level: coarse_epochs}
-        plan = sorted(((hier.level(l),n) for l,n in schedule.items()), key=itemgetter(0), reverse=True)
-        for l,n in plan:
+        levels = sorted(((hier.level(l),n) for l,n in schedule.items()), key=itemgetter(0), reverse=True)
+        for l,n in levels:
             if l == 0: raise ValueError(f"'{hier.names[0]}' is the fine level, where training ends: give the coarser levels to train on first, among {hier.names[1:]}.")
             if coarse_pct is None and not (isinstance(n, (int, float)) and n > 0): raise ValueError(f"The epochs at level '{hier.names[l]}' must be a positive number, got {n!r}.")
-        if len(set(l for l,_ in plan)) < len(plan): raise ValueError(f"A level appears twice in the schedule {schedule}.")
-        self.plan = plan            # (level, epochs), coarsest first; the epochs of `coarse_pct` are known at the first fit
-        self.epochs_done = 0        # training epochs so far, across fits
+        if len(set(l for l,_ in levels)) < len(levels): raise ValueError(f"A level appears twice in the schedule {schedule}.")
+        self.levels = self.plan = levels # (level, epochs), coarsest first; with `coarse_pct` the epochs are known when a span starts
+        if total_epochs and coarse_pct is None: self._check_fine_epochs(total_epochs)
         self.head_level = 0         # level of the output layer now in the model
         self.loss_at_level,self.fine_metrics = None,None # while coarse: the loss wrapper, the metrics to restore
 
     def level_at(self, epoch:float) -> int:
-        "Level to train on at `epoch` (counted from 0 across fits, fractions inside an epoch)"
+        "Level to train on at `epoch` of the span (counted from 0, fractions inside an epoch)"
         end = 0
         for level,n in self.plan:
-            end += n or 0
+            end += n
             if epoch < end: return level
         return 0
 
-    @property
-    def finished(self): return self.plan[-1][1] is not None and self.level_at(self.epochs_done) == 0
-
     def before_fit(self):
         self._end_coarse() # in case an exception that fastai does not catch ended the last fit in the coarse phase
-        self.run = not hasattr(self.learn, 'lr_finder')
-        if not self.run or self.finished: return
+        super().before_fit()
+        if not self.run: return
         name,lin = output_linear(self.model)
         if lin.out_features != len(self.hier): raise ValueError(f"The model's output layer ('{name}') has {lin.out_features} outputs but the hierarchy has {len(self.hier)} fine classes: give the model one output per class of `dls.vocab`, and a hierarchy over that vocab.")
 
+    def _start_fit(self):
+        super()._start_fit()
+        self.plan = [(l, self.coarse_pct*self.span_epochs if n is None else n) for l,n in self.levels]
+        self._check_fine_epochs(self.span_epochs)
+
+    def _check_fine_epochs(self, span):
+        coarse = sum(n for _,n in self.plan)
+        if coarse >= span: raise ValueError(f"`CoarseToFine` would train all {span} epochs of its span on coarse classes ({coarse:g} epochs at {[self.hier.names[l] for l,_ in self.plan]}), and never the fine ones. Give fewer coarse epochs, or `total_epochs` the epochs of all the fits it spans (`freeze_epochs+epochs` for `fine_tune`).")
+
     def before_train(self):
-        if self.plan[-1][1] is None: self.plan = [(self.plan[0][0], self.coarse_pct*self.n_epoch)] # `coarse_pct` of the first fit
-        self._step(self.level_at(self.epochs_done))
+        super().before_train()
+        self._step(self.level_at(self.span_start + self.epoch))
         # loss wrapped now, before `MixUp.before_train` wraps it in turn
         lf = self.learn.loss_func
         if self.head_level and lf is not self.loss_at_level: self.learn.loss_func = self.loss_at_level = _LossAtLevel(lf, self.hier, self.head_level)
         elif not self.head_level: self._unwrap_loss()
 
-    def before_batch(self): self._step(self.level_at(self.epochs_done + self.iter/self.n_iter))
-    def after_train(self): self.epochs_done += 1
-    def after_fit(self): self._end_coarse()
+    def before_batch(self): self._step(self.level_at(self.span_epoch))
+    def after_fit(self):
+        self._end_coarse()
+        super().after_fit()
     def _end_coarse(self):
-        "The fine head (the schedule goes on at the next fit), the user's loss and metrics"
+        "The fine head (the schedule goes on at the next fit of the span), the user's loss and metrics"
         self._to_level(0)
         self._unwrap_loss()
 

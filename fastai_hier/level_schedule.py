@@ -9,7 +9,7 @@ __all__ = ['LevelWeightSchedule']
 
 # %% ../nbs/07_level_schedule.ipynb #211b396b
 from fastai.basics import *
-from fastai.callback.schedule import ParamScheduler
+from .span import SpanCallback
 from .losses import HierarchicalLoss, _level_weights, _real_loss
 
 # %% ../nbs/07_level_schedule.ipynb #0d2d5f2a
@@ -22,45 +22,34 @@ def _check_milestones(milestones):
     return sorted(milestones.items())
 
 # %% ../nbs/07_level_schedule.ipynb #35d8b7e6
-class LevelWeightSchedule(Callback):
+class LevelWeightSchedule(SpanCallback):
     "Set the level weights of `HierarchicalLoss` from `milestones` during training (B-CNN's branch training strategy)"
-    order,run_valid = 65,False # after `ParamScheduler` (60): `after_fit` adds to the hyper-parameters it recorded
+    order = 65 # after `ParamScheduler` (60): `after_fit` adds to the hyper-parameters it recorded
     def __init__(self,
-        milestones:dict, # Epoch -> the level weights from that epoch on (a dict of level names, or one per level finest first); must have epoch 0
-        span_fits:bool=False, # Count epochs across fits, so that a schedule spans the two fits of `fine_tune`
+        milestones:dict, # Epoch of the span -> the level weights from that epoch on (a dict of level names, or one per level finest first); must have epoch 0
+        total_epochs:int=None, # Epochs of the consecutive fits the schedule spans (`freeze_epochs+epochs` for `fine_tune`); default: each fit
     ):
-        self.milestones,self.span_fits = _check_milestones(milestones),span_fits
-        self.offset,self.hier_loss,self.orig = 0,None,None
+        super().__init__(total_epochs)
+        self.milestones = _check_milestones(milestones)
+        if total_epochs: self._check_reached(total_epochs)
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') # `lr_find` trains with the loss's own weights
-        self._restore()
+        super().before_fit()
         lf = _real_loss(self.learn.loss_func)
         if not isinstance(lf, HierarchicalLoss): raise ValueError(f"`LevelWeightSchedule` sets the level weights of a `HierarchicalLoss`, but the learner's loss is {lf!r}: use `loss_func=HierarchicalLoss(hier, ...)`.")
-        self.hier_loss,self.trained,self.hps = lf,False,{f'weight_{n}':[] for n in lf.func.hier.names}
-        self.weights = [(e, _level_weights(lf.func.hier, w)) for e,w in self.milestones]
-        if not self.span_fits: self.offset = 0
+        self.hier_loss,self.weights = lf,[(e, _level_weights(lf.func.hier, w)) for e,w in self.milestones]
+
+    def _start_fit(self):
+        super()._start_fit()
+        self._check_reached(self.span_epochs)
+
+    def _check_reached(self, span):
+        last = self.milestones[-1][0]
+        if last >= span: raise ValueError(f"The milestone at epoch {last} is never reached in a span of {span} epochs: move it earlier, or give `total_epochs` the epochs of all the fits the schedule spans (`freeze_epochs+epochs` for `fine_tune`).")
 
     def weights_at(self, epoch:float) -> list:
-        "The level weights, finest first, at `epoch` (counted from 0, across fits with `span_fits`)"
+        "The level weights, finest first, at `epoch` of the span (counted from 0, fractions inside an epoch)"
         return [w for e,w in self.weights if e <= epoch][-1]
 
-    def before_train(self): self.trained = True
-    def before_batch(self):
-        if self.orig is None: self.orig = self.hier_loss.weights
-        self.hier_loss.weights = self.weights_at(self.offset + self.epoch + self.iter/self.n_iter)
-    def after_batch(self):
-        for k,w in zip(self.hps, self.hier_loss.weights.values()): self.hps[k].append(w)
-
-    def _restore(self):
-        if self.orig is not None: self.hier_loss.weights,self.orig = self.orig,None
-    def after_train(self): self._restore()
-    def after_cancel_train(self): self._restore()
-    def after_cancel_fit(self): self._restore()
-    def after_fit(self):
-        self._restore()
-        if not self.trained: return
-        if self.span_fits: self.offset += self.n_epoch
-        if not hasattr(self.learn, 'recorder'): return
-        if not any(type(o) is ParamScheduler for o in self.learn.cbs): self.recorder.hps = {}
-        self.recorder.hps.update(self.hps)
+    def before_batch(self): self.set_loss_attr(self.hier_loss, 'weights', self.weights_at(self.span_epoch))
+    def scheduled(self) -> dict: return {f'weight_{n}':w for n,w in self.hier_loss.weights.items()}

@@ -14,6 +14,7 @@ from fastai.callback.schedule import *
 from fastai.callback.mixup import MixHandler
 from .losses import HierarchicalLoss, HierarchicalCrossEntropy, _real_loss, _check_temperature
 from .metrics import _flat
+from .span import SpanCallback
 
 # %% ../nbs/20_temperature.ipynb #4021caaf
 def _has_temperature(lf): return isinstance(lf, (HierarchicalLoss, HierarchicalCrossEntropy))
@@ -39,79 +40,35 @@ def _make_sched(start, end, sched):
     return sched
 
 # %% ../nbs/20_temperature.ipynb #4a3f5f9c
-class TemperatureSchedule(Callback):
-    "Anneal the softmax temperature of training from `start` to exactly `end` on the last training batch"
-    order,run_valid = 65,False # after `ParamScheduler` (60): `after_fit` adds to the hyper-parameters it recorded
+class TemperatureSchedule(SpanCallback):
+    "Anneal the softmax temperature of training from `start` to exactly `end` on the last training batch of the span"
+    order = 65 # after `ParamScheduler` (60): `after_fit` adds to the hyper-parameters it recorded
     def __init__(self,
         start:float=None, # Temperature of the first training batch
         end:float=1., # Temperature of the last training batch, exactly
         sched:callable=SchedCos, # Called with `start`, `end` (`SchedCos`, `SchedLin`, `SchedExp`...), or a ready schedule of the position in [0,1] (`combine_scheds(...)`)
         total_epochs:int=None, # Epochs of the consecutive fits the schedule spans (`freeze_epochs+epochs` for `fine_tune`); default: each fit
     ):
-        if total_epochs is not None and not (isinstance(total_epochs, int) and total_epochs > 0): raise ValueError(f"`total_epochs` is {total_epochs!r}: give the number of epochs of all the fits the schedule spans, or None for each fit on its own.")
-        self.sched = _make_sched(start, end, sched)
-        store_attr('end,total_epochs')
-        self.start = float(self.sched(0.))
-        self.temperature,self.temperatures,self.orig,self.total = None,[],None,None
-        self.offset,self.epoch_seen,self.fit_epochs,self.fit_start,self.fit_finished,self.recorded = None,None,None,None,False,True
+        super().__init__(total_epochs)
+        self.sched,self.end = _make_sched(start, end, sched),end
+        self.start,self.temperature = float(self.sched(0.)),None
 
-    def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') # `lr_find` trains at the loss's own temperature
-        self._restore()
-
-    def before_train(self):
-        if self._new_fit(): self._start_fit()
-        self.epoch_seen = self.epoch
-
-    def _new_fit(self):
-        "`before_train` of the first epoch of a fit: the epoch did not move forward since the last one we trained"
-        return self.offset is None or self.epoch <= self.epoch_seen or self.n_epoch != self.fit_epochs
-
-    def _start_fit(self):
-        goes_on = (self.total_epochs and self.offset is not None and self.fit_finished
-                   and self.offset + self.fit_epochs < self.total)
-        if goes_on: self.offset += self.fit_epochs
-        else: self.offset,self.total,self.temperatures = 0,self.total_epochs or self.n_epoch,[]
-        if self.offset + self.n_epoch > self.total:
-            raise ValueError(f"This fit of {self.n_epoch} epochs would take the temperature schedule to epoch {self.offset+self.n_epoch} of `total_epochs={self.total}`: give `total_epochs` the epochs of all the fits it spans (`freeze_epochs+epochs` for `fine_tune`), or leave it out to schedule each fit on its own.")
-        self.fit_epochs,self.fit_start,self.fit_finished = self.n_epoch,len(self.temperatures),False
+    @property
+    def temperatures(self) -> list:
+        "The temperature of each training batch of the span so far"
+        return [h['temperature'] for h in self.history]
 
     def before_batch(self):
-        b,last = (self.offset + self.epoch)*self.n_iter + self.iter, self.total*self.n_iter - 1
-        self.temperature = self.end if b >= last else float(self.sched(b/last))
-        _check_temperature(self.temperature, f'The scheduled temperature at position {b/last:.3f}')
+        pct = self.span_pct
+        self.temperature = self.end if pct >= 1 else float(self.sched(pct))
+        _check_temperature(self.temperature, f'The scheduled temperature at position {pct:.3f}')
+        lf = _real_loss(self.learn.loss_func)
+        if _has_temperature(lf): self.set_loss_attr(lf, 'temperature', self.temperature)
 
     def after_pred(self):
-        lf = _real_loss(self.learn.loss_func)
-        if _has_temperature(lf): self._set(lf, self.temperature)
-        else: self.learn.pred = self.pred/self.temperature
+        if not _has_temperature(_real_loss(self.learn.loss_func)): self.learn.pred = self.pred/self.temperature
 
-    # the loss holds the scheduled temperature only while it computes the training loss
-    def _set(self, lf, t): self._restore(); self.orig,lf.temperature = (lf, lf.temperature),t
-    def _restore(self):
-        if self.orig is None: return
-        lf,t = self.orig
-        lf.temperature,self.orig = t,None
-
-    def after_loss(self): self._restore()
-    def after_cancel_batch(self): self._restore()
-    def after_batch(self):
-        self._restore()
-        self.temperatures.append(self.temperature)
-        self.recorded = False
-
-    def after_train(self): self.fit_finished = self.epoch == self.n_epoch-1
-    def after_cancel_fit(self): self._restore(); self.offset = None # an interrupted schedule is not resumed
-    def after_fit(self):
-        self._restore()
-        self._record()
-
-    def _record(self):
-        "This fit's temperatures beside the hyper-parameters `ParamScheduler` recorded, for `plot_sched`"
-        if self.recorded or self.fit_start is None or not hasattr(self.learn, 'recorder'): return
-        if not any(type(o) is ParamScheduler for o in self.learn.cbs): self.recorder.hps = {}
-        self.recorder.hps['temperature'] = self.temperatures[self.fit_start:]
-        self.recorded = True
+    def scheduled(self) -> dict: return dict(temperature=self.temperature)
 
 # %% ../nbs/20_temperature.ipynb #92c1fb79
 class TrainingTemperature(Metric):

@@ -40,7 +40,7 @@ class Probe(Callback):
         with torch.no_grad(): lp = self.model(self.x).float().log_softmax(-1)
         self.model.train()
         fine = spread_to_fine(lp, self.hier, c2f.head_level)
-        self.records.append(dict(when=when, level=c2f.head_level, width=lp.shape[-1], epochs_done=c2f.epochs_done, fit=self.fit_no,
+        self.records.append(dict(when=when, level=c2f.head_level, width=lp.shape[-1], span_done=c2f.span_done, fit=self.fit_no,
                                  probs={l: self.hier.coarsen(fine, l).exp() for l in range(c2f.head_level, self.hier.n_levels)}))
     def before_fit(self): self.fit_no = getattr(self, 'fit_no', -1) + 1
     def before_train(self): self._record('start')
@@ -74,7 +74,7 @@ def test_switch_keeps_probabilities_and_steps_through_levels():
 
 def test_vision_learner_fit_ending_coarse_then_predict_and_export(dls, hier, tmp_path):
     "The vision_learner head (no bias) switches exactly: a fit that ends in the coarse phase leaves the fine model that gives the same species probabilities, and it predicts and exports on the fine classes"
-    learn = small_learner(dls, hier, loss_func=CrossEntropyLossFlat(), cbs=CoarseToFine(hier, coarse_epochs=2), path=tmp_path)
+    learn = small_learner(dls, hier, loss_func=CrossEntropyLossFlat(), cbs=CoarseToFine(hier, coarse_epochs=2, total_epochs=3), path=tmp_path)
     assert output_linear(learn.model)[1].bias is None
     probe = _probe(learn, hier)
     learn.fit(1, 1e-3)
@@ -85,7 +85,7 @@ def test_vision_learner_fit_ending_coarse_then_predict_and_export(dls, hier, tmp
     learn.model.eval()
     with torch.no_grad(): after = hier.coarsen(learn.model(probe.x).float().log_softmax(-1), 'species').exp()
     _close(after, end['probs'][1], eps=1e-5)
-    assert learn.coarse_to_fine.epochs_done == 1 and not learn.coarse_to_fine.finished
+    assert learn.coarse_to_fine.span_done == 1
     preds,targs = learn.get_preds()
     assert preds.shape == (len(dls.valid_ds), 37)
     assert ClassificationInterpretation.from_learner(learn).confusion_matrix().shape == (37, 37)
@@ -96,15 +96,15 @@ def test_vision_learner_fit_ending_coarse_then_predict_and_export(dls, hier, tmp
     breed2,idx2,probs2 = loaded.predict(img)
     assert breed2 == breed and probs2.shape == (37,)
     _close(probs2, probs, eps=1e-5)
-    assert loaded.coarse_to_fine.epochs_done == 1   # the exported callback goes on with the schedule if trained further
+    assert loaded.coarse_to_fine.span_done == 1   # the exported callback goes on with the schedule if trained further
 
 def test_fine_tune_counts_epochs_across_its_fits():
-    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2))
+    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2, total_epochs=3))
     probe = _probe(learn)
     learn.fine_tune(2, freeze_epochs=1)
     assert [(r['fit'], r['level']) for r in probe.records[::2]] == [(0, 2), (1, 2), (1, 0)]
     _check_switches(probe.records, 1)
-    assert learn.coarse_to_fine.epochs_done == 3 and learn.coarse_to_fine.finished
+    assert learn.coarse_to_fine.span_done == 3
     # the coarse head of the second fit is the one the first fit ended with: the split in between is undone exactly
     _close(probe.records[2]['probs'][2], probe.records[1]['probs'][2], eps=1e-5)
 
@@ -144,25 +144,25 @@ def test_mid_epoch_switch_and_coarse_pct():
     assert learn.recorder.values[1][2] is not None   # fine accuracy after the switch in epoch 2
 
 def test_validate_get_preds_tta_lr_find_do_not_advance():
-    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=3))
+    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=3, total_epochs=4))
     c2f = learn.coarse_to_fine
     head = output_linear(learn.model)[1]
     res = learn.lr_find(num_it=10, show_plot=False)
     assert math.isfinite(res.valley)
-    assert output_linear(learn.model)[1] is head and c2f.epochs_done == 0
+    assert output_linear(learn.model)[1] is head and c2f.span_done is None
     learn.fit(1, 1e-2)
     head = output_linear(learn.model)[1]
-    assert head.out_features == 10 and c2f.epochs_done == 1
+    assert head.out_features == 10 and c2f.span_done == 1
     learn.validate(); learn.get_preds(); learn.tta(n=2)
     learn.lr_find(num_it=10, show_plot=False)
-    assert output_linear(learn.model)[1] is head and c2f.epochs_done == 1 and c2f.head_level == 0
+    assert output_linear(learn.model)[1] is head and c2f.span_done == 1 and c2f.head_level == 0
 
 def test_interrupted_fit_ends_fine_and_resumes():
     class Stop(Callback):
         def __init__(self, exc): self.exc = exc
         def after_batch(self):
             if self.training and self.iter == 3: raise self.exc
-    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2))
+    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2, total_epochs=4))
     probe = _probe(learn)
     learn.fit(2, 1e-2, cbs=Stop(CancelFitException()))
     assert output_linear(learn.model)[1].out_features == 10 and learn.loss_func.__class__.__name__ == 'CrossEntropyLossFlat'
@@ -172,8 +172,8 @@ def test_interrupted_fit_ends_fine_and_resumes():
     assert output_linear(learn.model)[1].out_features == 10 and learn.coarse_to_fine.head_level == 0
     assert learn.metrics[0].name == 'accuracy' and learn.validate()[1] is not None
     learn.fit(1, 1e-2)
-    assert [r['level'] for r in probe.records] == [2, 2, 2, 2]   # an epoch cut short does not count: this one is still coarse
-    assert learn.coarse_to_fine.epochs_done == 1
+    assert [r['level'] for r in probe.records] == [2, 2, 2, 2]   # an interrupted fit ends its span: this one starts coarse again
+    assert learn.coarse_to_fine.span_done == 1
 
 def test_hierarchical_loss_mixup_and_mixed_precision():
     for cbs in [MixUp(), _BF16Autocast()]:
@@ -190,7 +190,7 @@ def test_to_fp16_runs_on_cpu():
     assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
 
 def test_trackers_only_watch_the_fine_phase(tmp_path):
-    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2), path=tmp_path)
+    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2, total_epochs=4), path=tmp_path)
     save = SaveModelCallback(monitor='accuracy', fname='best')
     learn.fit(1, 1e-2, cbs=[save, EarlyStoppingCallback(monitor='accuracy', patience=1)])   # all coarse: nothing saved or loaded
     assert not (tmp_path/'models'/'best.pth').exists()
@@ -212,6 +212,11 @@ def test_clear_errors():
     learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=1))
     learn.model[1] = nn.Linear(32, 7)
     with pytest.raises(ValueError, match="has 7 outputs but the hierarchy has 10 fine classes"): learn.fit(1)
+    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2))
+    with pytest.raises(ValueError, match=r"would train all 2 epochs of its span on coarse classes \(2 epochs at \['order'\]\), and never the fine ones"): learn.fit(2)
+    learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2, total_epochs=3))
+    learn.fit(1)
+    with pytest.raises(ValueError, match="would take the schedule of CoarseToFine to epoch 4 of `total_epochs=3`"): learn.fit(3)
 
 DDP_SCRIPT = '''
 import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
@@ -257,3 +262,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert r0['widths'] == r1['widths'] == [('DistributedDataParallel', 2), ('DistributedDataParallel', 10), ('DistributedDataParallel', 10)]
     assert len(r0['params']) == len(r1['params'])
     for p,q in zip(r0['params'], r1['params']): _close(p, q, eps=1e-6)
+
+def test_coarse_phase_longer_than_the_span_refused_when_made():
+    with pytest.raises(ValueError, match="would train all 3 epochs of its span on coarse classes"): CoarseToFine(ZOO, coarse_epochs=3, total_epochs=3)
+    with pytest.raises(ValueError, match="would train all 3 epochs"): CoarseToFine(ZOO, schedule={'order': 1, 'family': 2.5}, total_epochs=3)
+    CoarseToFine(ZOO, coarse_epochs=2.5, total_epochs=3)

@@ -63,10 +63,10 @@ def test_fine_tune_spanned(tuned):
 
 def test_inference_does_not_move_it(tuned):
     cb = tuned.temperature_schedule
-    state = (cb.temperatures.copy(), cb.offset, cb.epoch_seen, cb.fit_finished)
+    state = (cb.temperatures.copy(), cb.span_start, cb.span_done, cb.in_fit)
     tuned._seen.seen = []
     tuned.validate(); tuned.get_preds(); tuned.tta(n=1); tuned.predict(tuned.dls.valid_ds.items[0])
-    assert (cb.temperatures, cb.offset, cb.epoch_seen, cb.fit_finished) == state
+    assert (cb.temperatures, cb.span_start, cb.span_done, cb.in_fit) == state
     assert tuned._seen.train() == [] and set(tuned._seen.valid()) == {1.}
 
 def test_export_predicts_at_temperature_1(tuned, tmp_path):
