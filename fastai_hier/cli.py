@@ -27,19 +27,26 @@ from fastprogress.fastprogress import progress_bar
 
 # %% ../nbs/50_cli.ipynb #470dca9a
 def _pets_items(path, per_breed):
-    files = pets_files(path, per_breed)
+    try: files = pets_files(path, per_breed)
+    except FileNotFoundError as e: raise FileNotFoundError(f"{e} For other images, give --hierarchy and a folder with one folder of images per class.") from None
     return files, [re.match(PETS_PAT, f.name)[1] for f in files]
 
 def _folder_items(path):
     has_split = (path/'train').is_dir() and (path/'valid').is_dir()
     files = get_image_files(path, folders=['train', 'valid'] if has_split else None)
-    if not files: raise FileNotFoundError(f"No images in {path}: --data with --hierarchy takes a folder of class folders of images.")
+    bad = set(verify_images(files))
+    if bad: warn(f"Skipping {len(bad)} unreadable image(s): {', '.join(sorted(f.name for f in bad)[:10])}")
+    files = files.filter(lambda f: f not in bad)
+    if not files: raise FileNotFoundError(f"No readable images in {path}: --data with --hierarchy takes a folder with one folder of images per class (or train/ and valid/ folders of those).")
     valid = [i for i,f in enumerate(files) if f.relative_to(path).parts[0] == 'valid'] if has_split else None
     return files, [f.parent.name for f in files], valid
 
 def _pets_path():
     try: return untar_data(URLs.PETS)/'images'
-    except urllib.error.URLError as e: raise ConnectionError(f"PETS could not be downloaded ({e.reason}): give a folder of PETS images with --data.") from None
+    except urllib.error.URLError as e:
+        arch = fastai_cfg().path('archive')/URLs.PETS.split('/')[-1]
+        if not arch.exists(): arch.with_name(arch.name+'.lock').unlink(missing_ok=True) # fastdownload's lock of a download that never started
+        raise ConnectionError(f"PETS could not be downloaded ({e.reason}): give a folder of PETS images with --data.") from None
 
 # %% ../nbs/50_cli.ipynb #fb488525
 def load_items(
@@ -54,7 +61,7 @@ def load_items(
         if data is None: raise ValueError("--hierarchy needs --data: the folder of images whose classes the CSV describes.")
         if not Path(hierarchy).is_file(): raise FileNotFoundError(f"Hierarchy CSV {hierarchy} does not exist.")
         files, labels, valid = _folder_items(Path(data))
-        hier = Hierarchy.from_df(pd.read_csv(hierarchy), vocab=sorted(set(labels)))
+        hier = Hierarchy.from_df(pd.read_csv(hierarchy, sep=None, engine='python'), vocab=sorted(set(labels))) # any separator
     else:
         files, labels = _pets_items(Path(data) if data is not None else _pets_path(), per_breed)
         hier = pets_hierarchy(sorted(set(labels)))
@@ -94,8 +101,8 @@ def _hier_loss(hier, w=None, weights=None, **kwargs):
 LOSSES = dict(ce=lambda hier, **kw: CrossEntropyLossFlat(**kw), hier=_hier_loss, hxe=HXELoss, soft_labels=SoftLabelsLoss)
 CALLBACKS = dict(
     temperature=lambda hier, total_epochs, **kw: TemperatureSchedule(total_epochs=total_epochs, **kw),
-    coarse_to_fine=lambda hier, total_epochs, **kw: CoarseToFine(hier, **kw),
-    level_weights=lambda hier, total_epochs, milestones: LevelWeightSchedule({float(e):w for e,w in milestones.items()}, span_fits=True))
+    coarse_to_fine=lambda hier, total_epochs, **kw: CoarseToFine(hier, total_epochs=total_epochs, **kw),
+    level_weights=lambda hier, total_epochs, milestones: LevelWeightSchedule({float(e):w for e,w in milestones.items()}, total_epochs=total_epochs))
 DECODES = ('argmax', 'crm')
 
 # %% ../nbs/50_cli.ipynb #e76c0bd4
@@ -129,11 +136,11 @@ def _train_key(cfg): return json.dumps({k:cfg.get(k) for k in ('loss', 'loss_opt
 
 # %% ../nbs/50_cli.ipynb #51eff6c3
 def grid_configs(ws, temperatures=(None,), coarse_epochs=(None,)) -> list:
-    "The baseline, then every combination of `ws`, `temperatures` and `coarse_epochs` with `HierarchicalLoss`"
+    "The baseline, then every combination of `ws`, `temperatures` and `coarse_epochs` with `HierarchicalLoss`; None: without that callback"
     res = [config('ce')]
     for w,t,c in itertools.product(ws, temperatures, coarse_epochs):
-        cbs = ({'temperature': {'start': t}} if t else {}) | ({'coarse_to_fine': {'coarse_epochs': c}} if c else {})
-        res.append(config(f'hier w={w:g}' + (f' T={t:g}' if t else '') + (f' coarse={c}' if c else ''), 'hier', cbs, w=float(w)))
+        cbs = ({'temperature': {'start': t}} if t is not None else {}) | ({'coarse_to_fine': {'coarse_epochs': c}} if c is not None else {})
+        res.append(config(f'hier w={w:g}' + (f' T={t:g}' if t is not None else '') + (f' coarse={c}' if c is not None else ''), 'hier', cbs, w=float(w)))
     return res
 
 def read_study(fname) -> list:
@@ -164,6 +171,15 @@ class EpochLog(Callback):
 def _num(v): return float('nan') if v is None else float(v)
 
 # %% ../nbs/50_cli.ipynb #bd14f24c
+def _bars() -> bool:
+    "Progress bars only where they redraw in place: a terminal or a notebook, not a log file"
+    return sys.stdout.isatty() or IN_NOTEBOOK
+
+def _log_epoch(learn):
+    "Where there is no progress table: each epoch's results on one line, with their names"
+    def _log(row): print(' · '.join(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n,v in zip(learn.recorder.metric_names, row) if v is not None), flush=True)
+    return _log
+
 def arch_args(name:str, pretrained:bool=True) -> dict:
     "`vision_learner`'s `arch` and `pretrained` for a fastai, torchvision or timm model name; offline weights for `tf_efficientnet_lite0`"
     import fastai.vision.models as fm, torchvision.models as tvm, timm
@@ -184,7 +200,7 @@ def train_run(
     lr:float=2e-3, # `base_lr` of `fine_tune`
     seed:int=0, # Seed of the model's initialisation and the batch order
     bn_freeze:bool=False, # Keep the frozen body's BatchNorm layers as pretrained: statistics (`BnFreeze`) and parameters (`train_bn=False`)
-    quiet:bool=False, # No progress bar or table
+    quiet:bool=False, # No progress bar or table (no bar either where the output is not a terminal)
 ) -> tuple: # (the trained `Learner`, one row per epoch)
     "Train one configuration with `fine_tune`"
     loss, cbs = build_config(cfg, hier, freeze_epochs+epochs)
@@ -193,6 +209,7 @@ def train_run(
     log = EpochLog()
     learn = vision_learner(dls, **arch_args(arch, pretrained), loss_func=loss, cbs=[log, *cbs, *([BnFreeze()] if bn_freeze else [])], train_bn=not bn_freeze,
                            metrics=[LevelAccuracy(hier, n) for n in hier.names] + [MistakeSeverity(hier)])
+    if not _bars(): learn.remove_cb(ProgressCallback).logger = _log_epoch(learn)
     with (learn.no_bar() if quiet else contextlib.nullcontext()), (learn.no_logging() if quiet else contextlib.nullcontext()):
         if epochs: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs)
         else: learn.fit_one_cycle(freeze_epochs, lr)
@@ -253,7 +270,9 @@ def run_sweep(
     todo = [(s, f, v, c) for s in seeds for f,v in _splits(labels, folds, s, default_valid) for c in configs if (c['config'], f, s) not in done]
     print(f"{n} runs: {n-len(todo)} already in {csv}, {len(todo)} to train")
     runs = groupby(todo, lambda o: (o[0], o[1], _train_key(o[3])))   # decodes of one trained model
-    for (s,f,_),group in progress_bar(list(runs.items())):
+    runs = list(runs.items())
+    for i,((s,f,_),group) in enumerate(progress_bar(runs) if _bars() else runs):
+        if not _bars(): print(f"run {i+1}/{len(runs)}: seed {s}, fold {f}, {' / '.join(c['config'] for *_,c in group)}", flush=True)
         dls = make_dls(files, labels, hier.vocab, group[0][2], size, bs, aug, device)
         start = time.perf_counter()
         learn, log = train_run(dls, hier, group[0][3], arch, pretrained, epochs, freeze_epochs, lr, s, bn_freeze, quiet=True)
@@ -356,6 +375,7 @@ def plot_paired(p:pd.DataFrame, fname=None):
 # %% ../nbs/50_cli.ipynb #9b632c60
 def _floats(s): return [float(o) for o in s.split(',') if o.strip()]
 def _ints(s): return [int(o) for o in s.split(',') if o.strip()]
+def _or_none(f): return lambda s: [None if o.strip().lower() == 'none' else f(o) for o in s.split(',') if o.strip()]
 
 def _parser():
     common = argparse.ArgumentParser(add_help=False)
@@ -381,15 +401,15 @@ def _parser():
     t.add_argument('--loss', choices=list(LOSSES), default='hier', help='the loss (default: %(default)s)')
     t.add_argument('--weights', help="level weights of --loss hier: 'breed=0.7,species=0.3' or '0.7,0.3' (default: equal)")
     t.add_argument('--seed', type=int, default=0)
-    t.add_argument('--temperature', type=float, help='starting temperature, annealed to 1 (TemperatureSchedule); default: none')
-    t.add_argument('--coarse-epochs', type=int, help='train this many epochs on the coarsest level first (CoarseToFine)')
+    t.add_argument('--temperature', type=float, help='starting temperature (positive), annealed to 1 (TemperatureSchedule); leave it out for no schedule')
+    t.add_argument('--coarse-epochs', type=int, help='train this many epochs on the coarsest level first (CoarseToFine), fewer than --freeze-epochs + --epochs; leave it out for none')
     t.add_argument('--decode', choices=DECODES, default='argmax', help='how the final evaluation decodes predictions (default: %(default)s)')
     s = sub.add_parser('sweep', parents=[common], help='the baseline and other configurations, times seeds and folds')
     s.add_argument('--study', type=Path, help='JSON list of configurations, the baseline first; default: the grid of --w, --temperatures, --coarse-epochs')
     s.add_argument('--w', type=_floats, default=[0, .2, .4, .6, .8, 1], help='weights of the finest level; 1-w goes to the coarser ones (default: 0,0.2,...,1)')
     s.add_argument('--seeds', type=_ints, default=[0, 1, 2], help='seeds, comma-separated (default: 0,1,2)')
-    s.add_argument('--temperatures', type=_floats, default=[], help='starting temperatures to cross with w (default: none)')
-    s.add_argument('--coarse-epochs', type=_ints, default=[], help='coarse epochs to cross with w (default: none)')
+    s.add_argument('--temperatures', type=_or_none(float), default=[], help="starting temperatures to cross with w, 'none' for no schedule: e.g. none,2,4 (default: no schedule)")
+    s.add_argument('--coarse-epochs', type=_or_none(int), default=[], help="coarse epochs to cross with w, 'none' for no coarse phase: e.g. none,1 (default: none)")
     return p
 
 # %% ../nbs/50_cli.ipynb #ba32521b

@@ -198,14 +198,14 @@ def from_df(cls:Hierarchy,
 ):
     "A `Hierarchy` from a DataFrame with one column per level"
     if df.shape[1] < 2: raise ValueError(f"The table has {df.shape[1]} column {list(df.columns)}: a hierarchy needs one column per level, finest first. A CSV separated by ';' or tabs? Read it with `pd.read_csv(f, sep=None, engine='python')`.")
-    parents = {}
     try:
+        parents = {}
         for row in df.itertuples(index=False): _add_chain(parents, list(row))
+        return cls(parents, vocab, list(df.columns) if names is None else names)
     except ValueError as e:
         n0,n1 = df.iloc[:,0].nunique(),df.iloc[:,-1].nunique()
         if n0 < n1: raise ValueError(f"{e} The columns go finest first, but the first, {df.columns[0]!r}, has {n0} distinct values and the last, {df.columns[-1]!r}, {n1}: reversed? Use `df[df.columns[::-1]]`.") from None
         raise
-    return cls(parents, vocab, list(df.columns) if names is None else names)
 
 # %% ../nbs/00_hierarchy.ipynb #ab595939
 def _walk(tree, parent, parents):

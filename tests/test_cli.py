@@ -103,6 +103,11 @@ def test_pets_offline(tmp_path, monkeypatch, capsys):
     (['train', '--epochs', '0', '--freeze-epochs', '0'], 'together at least 1'),
     (['sweep', '--w', '0.5,0.5'], 'repeats a value'),
     (['sweep', '--w', '1.5', '--per-breed', '2'], 'between 0 and 1'),
+    (['train', '--per-breed', '2', '--temperature', '0'], 'a temperature must be a positive number'),
+    (['sweep', '--per-breed', '2', '--w', '0.5', '--temperatures', '0'], 'a temperature must be a positive number'),
+    (['sweep', '--per-breed', '2', '--w', '0.5', '--temperatures', '-2'], 'a temperature must be a positive number'),
+    (['train', '--per-breed', '2', '--coarse-epochs', '4', '--epochs', '3', '--freeze-epochs', '1'], 'would train all 4 epochs of its span on coarse classes'),
+    (['sweep', '--per-breed', '2', '--w', '0.5', '--coarse-epochs', '0'], 'must be a positive number, got 0'),
 ])
 def test_bad_numbers(argv, msg, capsys):
     code, err = _exit_code(argv + ['--size', '32'], capsys)
@@ -116,3 +121,50 @@ def test_bad_study(tmp_path, capsys):
     study.write_text('[{"config": "ce"}, {"config": "x", "loss": "hier", "callbacks": {"temperature": {"start": 0}}}]')
     code, err = _exit_code(['sweep', '--study', str(study), '--per-breed', '2', '--size', '32'], capsys)
     assert code == 2 and "Configuration 'x'" in err, err
+
+def test_none_turns_a_callback_off_in_the_grid():
+    from fastai_hier.cli import _parser, grid_configs
+    a = _parser().parse_args(['sweep', '--w', '0.5', '--temperatures', 'none,2', '--coarse-epochs', 'None,1'])
+    names = [c['config'] for c in grid_configs(a.w, a.temperatures, a.coarse_epochs)]
+    assert names == ['ce', 'hier w=0.5', 'hier w=0.5 coarse=1', 'hier w=0.5 T=2', 'hier w=0.5 T=2 coarse=1'], names
+
+@pytest.mark.parametrize('kind,with_csv,msg', [
+    ('empty', False, 'No PETS-named images'), ('empty', True, 'No readable images'),
+    ('text', False, 'For other images, give --hierarchy'), ('text', True, 'No readable images'),
+    ('broken', True, 'No readable images'),
+])
+def test_data_folders_without_images(kind, with_csv, msg, folder_data, tmp_path, capsys):
+    "An empty folder, one of text files, one of files named .jpg that are not images: one line each"
+    root = tmp_path/kind/'pug'
+    root.mkdir(parents=True)
+    if kind == 'text': (root/'notes.txt').write_text('hello')
+    if kind == 'broken': (root/'pug_1.jpg').write_text('not a picture')
+    argv = ['train', '--data', str(root.parent), '--size', '32'] + (['--hierarchy', str(folder_data[1])] if with_csv else [])
+    code, err = _exit_code(argv, capsys)
+    assert code == 2 and msg in err, err
+
+def test_semicolon_and_reversed_csv(folder_data, tmp_path, capsys):
+    root, csv = folder_data
+    df = pd.read_csv(csv)
+    semi = tmp_path/'semi.csv'
+    df.to_csv(semi, sep=';', index=False)
+    main(['train', '--data', str(root), '--hierarchy', str(semi), '--size', '32', '--bs', '8', '--no-pretrained', '--no-aug',
+          '--epochs', '1', '--freeze-epochs', '0', '--out', str(tmp_path/'out')])
+    assert (tmp_path/'out'/'evaluation.csv').exists()
+    rev = tmp_path/'rev.csv'
+    df[df.columns[::-1]].to_csv(rev, index=False)
+    code, err = _exit_code(['train', '--data', str(root), '--hierarchy', str(rev), '--size', '32'], capsys)
+    assert code == 2 and 'The columns go finest first' in err, err
+
+def test_offline_pets_leaves_no_lock_file(tmp_path, monkeypatch, capsys, request):
+    "The real `untar_data` with nowhere to download from: one line, and no lock file left in fastai's archive folder"
+    import fastai.data.external as ext
+    from fastdownload import FastDownload
+    def offline(self, *args, **kwargs): raise urllib.error.URLError('no network')
+    monkeypatch.setattr(FastDownload, 'download', offline, raising=False)
+    monkeypatch.setenv('FASTAI_HOME', str(tmp_path))
+    ext.fastai_cfg.cache_clear()   # fastai reads FASTAI_HOME once
+    request.addfinalizer(ext.fastai_cfg.cache_clear)
+    code, err = _exit_code(['train', '--size', '32'], capsys)
+    assert code == 2 and 'PETS could not be downloaded' in err, err
+    assert not list(tmp_path.rglob('*.lock')), list(tmp_path.rglob('*'))
