@@ -14,12 +14,13 @@ from .topk import *
 from .hxe import *
 from .metrics import *
 from .interpret import *
+from .span import *
 from .level_schedule import *
 from .temperature import *
 from .coarse_to_fine import *
 from .check import *
 from .pets import *
 from .backbone import *
-from . import hierarchy, losses, topk, hxe, metrics, interpret, level_schedule, temperature, coarse_to_fine, check, pets, backbone
+from . import hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, losses, topk, hxe, metrics, interpret, level_schedule, temperature, coarse_to_fine, check, pets, backbone) for n in m.__all__]
+__all__ = [n for m in (hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone) for n in m.__all__]

@@ -3,13 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# fastai's data folder, seeded with the PETS sample beside the repository: `untar_data(URLs.PETS)` then needs no download
+# fastai's data folder, seeded with the PETS sample (links, so that nothing writes into it): `untar_data(URLs.PETS)` then needs no download
 if [ -z "${FASTAI_HOME:-}" ]; then
-  sample="$(realpath ../shared/data/oxford-iiit-pet)"
-  [ -d "$sample/images" ] || { echo "PETS sample not found at $sample/images" >&2; exit 1; }
   export FASTAI_HOME="$(mktemp -d)"
-  mkdir -p "$FASTAI_HOME/data"
-  ln -s "$sample" "$FASTAI_HOME/data/oxford-iiit-pet"
+  python scripts/pets_sample.py "$FASTAI_HOME"
 fi
 
 nbdev-export

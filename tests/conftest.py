@@ -1,19 +1,18 @@
 "Shared fixtures: fastai's data folder seeded with the PETS sample, so `untar_data(URLs.PETS)` finds it offline"
-import os, tempfile
+import os, sys, tempfile
 from pathlib import Path
 import pytest
-
-SAMPLE = Path(__file__).resolve().parents[1].parent/'shared'/'data'/'oxford-iiit-pet'
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'scripts'))
+from pets_sample import seed_fastai_home
 
 def _seed_fastai_home():
-    "Point `FASTAI_HOME` at a folder whose `data/oxford-iiit-pet` is the sample, unless it already has PETS"
+    "Point `FASTAI_HOME` at a folder of links to the sample, unless it already has PETS (as `scripts/test.sh` makes it)"
     home = os.environ.get('FASTAI_HOME')
     if home and (Path(home)/'data'/'oxford-iiit-pet'/'images').exists(): return
-    if not (SAMPLE/'images').exists(): pytest.exit(f"The PETS sample is missing: expected {SAMPLE}/images beside the repository.", returncode=2)
-    home = Path(tempfile.mkdtemp(prefix='fastai_home_'))
-    (home/'data').mkdir()
-    (home/'data'/'oxford-iiit-pet').symlink_to(SAMPLE)
-    os.environ['FASTAI_HOME'] = str(home)
+    home = tempfile.mkdtemp(prefix='fastai_home_')
+    try: seed_fastai_home(home)
+    except SystemExit as e: pytest.exit(str(e), returncode=2)
+    os.environ['FASTAI_HOME'] = home
 
 _seed_fastai_home()
 

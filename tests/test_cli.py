@@ -91,9 +91,9 @@ def test_no_network_for_pretrained_weights(tmp_path, monkeypatch, capsys):
 
 def test_pets_offline(tmp_path, monkeypatch, capsys):
     "Without PETS in fastai's data folder and without network: one line saying to give --data"
-    import fastai_hier.cli as cli
+    import fastai_hier.pets as pets
     def offline(*args, **kwargs): raise urllib.error.URLError('no network')
-    monkeypatch.setattr(cli, 'untar_data', offline)
+    monkeypatch.setattr(pets, 'untar_data', offline)
     code, err = _exit_code(['train', '--size', '32'], capsys)
     assert code == 2 and 'PETS could not be downloaded' in err and '--data' in err, err
 
