@@ -7,9 +7,9 @@ Docs: https://fastai-hier.github.io/fastai_hier/cli.html.md"""
 # %% auto #0
 __all__ = ['LOSSES', 'CALLBACKS', 'DECODES', 'CONFIG_FIELDS', 'SMALL_MODELS', 'LOWER_IS_BETTER', 'load_items', 'make_dls',
            'stratified_folds', 'stratified_subset', 'level_weights', 'config', 'build_config', 'grid_configs',
-           'read_study', 'EpochLog', 'arch_args', 'train_run', 'evaluate', 'run_sweep', 'metric_cols', 'summarize',
-           'paired_differences', 'summary_markdown', 'paired_markdown', 'verdict_lines', 'plot_paired', 'parse_weights',
-           'main']
+           'read_study', 'EpochLog', 'FinalValidation', 'arch_args', 'train_run', 'evaluate', 'run_sweep',
+           'metric_cols', 'summarize', 'paired_differences', 'summary_markdown', 'paired_markdown', 'verdict_lines',
+           'plot_paired', 'parse_weights', 'main']
 
 # %% ../nbs/50_cli.ipynb #bd9fb22e
 from fastai.vision.all import *
@@ -179,6 +179,12 @@ class EpochLog(Callback):
         self.rows.append(dict(epoch=len(self.rows), **{k:_num(v) for k,v in row.items()}, time=time.perf_counter()-self.start))
         self.start = None
 
+class FinalValidation(Callback):
+    "Validate only after the last epoch of each fit: a sweep scores the final model, and the other validations would cost more than training on small data"
+    order = Recorder.order + 1 # after `Recorder` has reset the metrics: they log None for the epochs not validated
+    def before_validate(self):
+        if self.epoch < self.n_epoch - 1: self.learn.dl = [] # no batch (cancelling would leave the recorder's columns out)
+
 def _num(v): return float('nan') if v is None else float(v)
 
 # %% ../nbs/50_cli.ipynb #bd14f24c
@@ -215,21 +221,23 @@ def train_run(
     seed:int=0, # Seed of the model's initialisation and the batch order
     bn_freeze:bool=False, # Keep the frozen body's BatchNorm layers as pretrained: statistics (`BnFreeze`) and parameters (`train_bn=False`)
     quiet:bool=False, # No progress bar or table (no bar either where the output is not a terminal)
+    final_only:bool=False, # Validate after the last epoch of each fit only (`FinalValidation`)
 ) -> tuple: # (the trained `Learner`, one row per epoch)
     "Train one configuration with `fine_tune`"
     loss, cbs = build_config(cfg, hier, freeze_epochs+epochs)
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)   # the batch order too, though `dls` may be shared by runs
     log = EpochLog()
+    fit_cbs = dict(cbs=FinalValidation()) if final_only else {} # for the fits only: `get_preds` afterwards validates
     metrics = [LevelAccuracy(hier, n) for n in hier.names] + [MistakeSeverity(hier)]
     if arch in SMALL_MODELS: learn = Learner(dls, SMALL_MODELS[arch](dls.c), loss_func=loss, cbs=[log, *cbs], metrics=metrics)
     else: learn = vision_learner(dls, **arch_args(arch, pretrained), loss_func=loss, cbs=[log, *cbs, *([BnFreeze()] if bn_freeze else [])],
                                  train_bn=not bn_freeze, metrics=metrics, n_in=dls.one_batch()[0].shape[1])
     if not _bars(): learn.remove_cb(ProgressCallback).logger = _log_epoch(learn)
     with (learn.no_bar() if quiet else contextlib.nullcontext()), (learn.no_logging() if quiet else contextlib.nullcontext()):
-        if arch in SMALL_MODELS: learn.fit_one_cycle(epochs, lr)
-        elif epochs: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs)
-        else: learn.fit_one_cycle(freeze_epochs, lr)
+        if arch in SMALL_MODELS: learn.fit_one_cycle(epochs, lr, **fit_cbs)
+        elif epochs: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, **fit_cbs)
+        else: learn.fit_one_cycle(freeze_epochs, lr, **fit_cbs)
     learn.remove_cb(log)
     return learn, pd.DataFrame(log.rows)
 
@@ -295,7 +303,7 @@ def run_sweep(
         t, v = group[0][2]
         dls = make_dls(files, labels, hier.vocab, v, size, bs, aug, device, train_idx=t)
         start = time.perf_counter()
-        learn, log = train_run(dls, hier, group[0][3], arch, pretrained, epochs, freeze_epochs, lr, s, bn_freeze, quiet=True)
+        learn, log = train_run(dls, hier, group[0][3], arch, pretrained, epochs, freeze_epochs, lr, s, bn_freeze, quiet=True, final_only=True)
         with learn.no_bar(): probs, targ = learn.get_preds()
         secs = time.perf_counter() - start
         for *_,c in group:

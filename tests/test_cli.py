@@ -168,3 +168,8 @@ def test_offline_pets_leaves_no_lock_file(tmp_path, monkeypatch, capsys, request
     code, err = _exit_code(['train', '--size', '32'], capsys)
     assert code == 2 and 'PETS could not be downloaded' in err, err
     assert not list(tmp_path.rglob('*.lock')), list(tmp_path.rglob('*'))
+
+def test_fashion_mnist_not_installed(tmp_path):
+    "Without Debian's package: the command that installs it, not a traceback"
+    from fastai_hier.fashion_mnist import fashion_mnist_root
+    with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'): fashion_mnist_root(tmp_path/'none', tmp_path/'dest')
