@@ -8,3 +8,4 @@ study="--dataset fashion-mnist --study studies/fashion_mnist.json --lr 1e-2 --se
 fastai-hier sweep $study --train-pct 1 --epochs 16 --bs 32 --out results/fashion_mnist/pct1
 fastai-hier sweep $study --train-pct 10 --epochs 8 --bs 128 --out results/fashion_mnist/pct10
 fastai-hier sweep $study --epochs 3 --bs 256 --out results/fashion_mnist/full
+python scripts/fashion_mnist_report.py
