@@ -6,7 +6,7 @@ Docs: https://fastai-hier.github.io/fastai_hier/metrics.html.md"""
 
 # %% auto #0
 __all__ = ['top_k_accuracy', 'spread_to_fine', 'level_accuracy', 'LevelAccuracy', 'MistakeSeverity', 'hierarchical_distance',
-           'HierarchicalDistance']
+           'HierarchicalDistance', 'hierarchical_prf', 'HierarchicalPrecision', 'HierarchicalRecall', 'HierarchicalF1']
 
 # %% ../nbs/02_metrics.ipynb #5478ff43
 from fastai.basics import *
@@ -107,3 +107,79 @@ class HierarchicalDistance(AvgMetric):
         super().__init__(partial(hierarchical_distance, hier=hier, k=k, axis=axis))
     @property
     def name(self): return f'hier_distance@{self.k}'
+
+# %% ../nbs/02_metrics.ipynb #e937113e
+def _distinct_nodes(hier:Hierarchy) -> Tensor:
+    "`(n_levels, n_fine)` bools: whether the group of each fine class at each level is a node not met below it (a leaf that stands for itself at coarser levels is one node)"
+    names = [list(c[m.tolist()]) for c,m in zip(hier.classes, hier.maps)]
+    return tensor([[True]*len(hier)] + [[a != b for a,b in zip(up, down)] for down,up in zip(names, names[1:])])
+
+def _check_idx(x, hier, what, name):
+    "`x` as a tensor of fine class indices of `hier`, or a clear error"
+    x = torch.as_tensor(x)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name} got {what} of dtype {x.dtype}: give fine class indices (integers){', e.g. `logits.argmax(-1)`' if what == 'predictions' else ''}.")
+    n = len(hier)
+    if x.numel() and (x.min() < 0 or x.max() >= n):
+        raise ValueError(f"{name} got {what} from {x.min().item()} to {x.max().item()}, but the hierarchy has {n} fine classes: indices go from 0 to {n-1}.")
+    return x
+
+def _prf_counts(pred, targ, hier, nodes=None, name='hierarchical_prf'):
+    "Sums over the items of |P∩T|, |P| and |T|: P and T the distinct nodes on the paths of `pred` and `targ`, root excluded"
+    pred,targ = _check_idx(pred, hier, 'predictions', name),_check_idx(targ, hier, 'targets', name)
+    if pred.shape != targ.shape: raise ValueError(f"{name} got predictions of shape {tuple(pred.shape)} and targets of shape {tuple(targ.shape)}: give one fine class index per item in each.")
+    pred,targ = pred.reshape(-1),targ.reshape(-1).to(pred.device)
+    nodes = ifnone(nodes, _distinct_nodes(hier)).to(pred.device)
+    in_p,in_t = nodes[:,pred],nodes[:,targ]
+    # a node both paths hold is at the same level in both, and is new in both there
+    both = (hier.ancestors(pred) == hier.ancestors(targ)) & in_p
+    return both.sum(),in_p.sum(),in_t.sum()
+
+def _prf(both, n_pred, n_targ):
+    p,r = float(both)/float(n_pred),float(both)/float(n_targ)
+    return p, r, (2*p*r/(p+r) if p+r else 0.)
+
+# %% ../nbs/02_metrics.ipynb #a55bbd5c
+def hierarchical_prf(
+    pred, # Predicted fine class indices, e.g. `logits.argmax(-1)`
+    targ, # Target fine class indices, of the same shape
+    hier:Hierarchy, # Classes and their groups
+) -> tuple: # hP, hR and hF, floats
+    "Hierarchical precision, recall and F1 (Kiritchenko et al. 2005) of fine class indices `pred` for targets `targ`, micro-averaged over the items"
+    counts = _prf_counts(pred, targ, hier)
+    if not counts[1]: raise ValueError("hierarchical_prf got no items: hierarchical precision and recall are undefined.")
+    return _prf(*counts)
+
+# %% ../nbs/02_metrics.ipynb #98083f85
+class _HierarchicalPRF(Metric):
+    "Sums |P∩T|, |P| and |T| of `hierarchical_prf` over the batches, with the top-1 predictions; subclasses pick the value"
+    def __init__(self,
+        hier:Hierarchy, # Classes and their groups
+        axis:int=-1, # Class axis
+    ):
+        store_attr()
+        self.nodes = _distinct_nodes(hier)
+    def reset(self): self.both,self.n_pred,self.n_targ = 0.,0.,0.
+    def accumulate(self, learn):
+        inp,targ = _flat(learn.pred, *learn.yb, axis=self.axis)
+        _check_width(inp, self.hier, type(self).__name__)
+        self.nodes = self.nodes.to(inp.device)
+        # floats: distributed training averages each count across processes, which leaves the ratios as they are
+        both,p,t = (learn.to_detach(c.float()).item() for c in _prf_counts(inp.argmax(-1), targ, self.hier, self.nodes, type(self).__name__))
+        self.both,self.n_pred,self.n_targ = self.both+both,self.n_pred+p,self.n_targ+t
+    @property
+    def value(self): return _prf(self.both, self.n_pred, self.n_targ)[self._i] if self.n_pred else None
+    @property
+    def name(self): return f'hierarchical_{self._what}'
+
+class HierarchicalPrecision(_HierarchicalPRF):
+    "Hierarchical precision of the top-1 predictions over the whole set: the share of the predicted nodes on the targets' paths"
+    _i,_what = 0,'precision'
+
+class HierarchicalRecall(_HierarchicalPRF):
+    "Hierarchical recall of the top-1 predictions over the whole set: the share of the targets' nodes on the predicted paths"
+    _i,_what = 1,'recall'
+
+class HierarchicalF1(_HierarchicalPRF):
+    "Hierarchical F1 of the top-1 predictions over the whole set: the harmonic mean of hierarchical precision and recall"
+    _i,_what = 2,'f1'
