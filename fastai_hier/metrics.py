@@ -103,7 +103,7 @@ def hierarchical_distance(inp, targ, hier, k=1, axis=-1):
 class HierarchicalDistance(AvgMetric):
     "Mean tree distance of the top-`k` predictions; the column is named after `k`"
     def __init__(self, hier:Hierarchy, k:int=5, axis:int=-1):
-        self.k = k
+        self.hier,self.k = hier,k # `hier`: checked against `dls.vocab` at each fit
         super().__init__(partial(hierarchical_distance, hier=hier, k=k, axis=axis))
     @property
     def name(self): return f'hier_distance@{self.k}'

@@ -4,7 +4,7 @@ import pytest, torch
 from fastai.vision.all import (L, Callback, ClassificationInterpretation, CutMix, MixUp, accuracy, cnn_learner, resnet18,
                                set_seed, tensor)
 from fastcore.test import test_close as _close
-from fastai_hier.all import HierarchicalLoss, LevelAccuracy, MistakeSeverity, CoarseToFine, pets_hierarchy
+from fastai_hier.all import HierarchicalLoss, LevelAccuracy, MistakeSeverity, HierarchicalDistance, CoarseToFine, pets_hierarchy
 from fastai.vision.all import vision_learner, CrossEntropyLossFlat
 from conftest import small_learner
 
@@ -103,6 +103,7 @@ def test_every_hierarchy_is_checked_against_the_vocab(dls, hier):
     "A hierarchy in another order than `dls.vocab`, in a metric or a callback of a learner whose loss has none, stops the fit before it trains"
     wrong = pets_hierarchy(list(dls.vocab)[::-1])
     for kw,what in [(dict(metrics=LevelAccuracy(wrong, 'species')), 'The metric species_accuracy'),
+                    (dict(metrics=HierarchicalDistance(wrong)), 'The metric hier_distance@5'),
                     (dict(cbs=CoarseToFine(wrong, coarse_epochs=1)), 'The callback CoarseToFine')]:
         learn = vision_learner(dls, resnet18, pretrained=False, loss_func=CrossEntropyLossFlat(), **kw)
         with pytest.raises(ValueError, match=f"{what} orders its fine classes unlike `dls.vocab`"): learn.fit(1)
