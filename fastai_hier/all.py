@@ -21,6 +21,7 @@ from .coarse_to_fine import *
 from .check import *
 from .pets import *
 from .backbone import *
-from . import hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone
+from .fashion_mnist import *
+from . import hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone) for n in m.__all__]
+__all__ = [n for m in (hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist) for n in m.__all__]
