@@ -31,13 +31,16 @@ def _level_weights(hier, weights):
 
 # %% ../nbs/01_losses.ipynb #ffc72b00
 def _check_targets(inp, targ, hier, ignore_index=-100):
-    "Raise a clear error unless `inp` has one output per fine class of `hier` and `targ` are class indices of matching shape"
+    "Raise a clear error unless `inp` has one output per fine class of `hier` and `targ` are class indices of matching shape; `True` when the targets' range was checked too"
     if targ.is_floating_point(): raise ValueError(f"The targets are floats ({targ.dtype}) but this loss takes class indices: give it integer targets (soft or one-hot labels are not supported).")
     n = hier.n_classes[0]
     if inp.shape[-1] != n: raise ValueError(f"The predictions have {inp.shape[-1]} classes on the class axis but the hierarchy has {n} fine classes ('{hier.names[0]}'). Give the model {n} outputs (a head built from a `dls.vocab` that matches the hierarchy), or set `axis` to the class axis.")
     if inp.shape[:-1] != targ.shape: raise ValueError(f"Predictions of shape {tuple(inp.shape)} do not match targets of shape {tuple(targ.shape)}: expected targets of shape {tuple(inp.shape[:-1])}.")
+    # reading the values back would stall a GPU's queue and break `torch.compile`: there, bad targets give NaN instead
+    if targ.device.type != 'cpu' or torch.compiler.is_compiling(): return False
     bad = ((targ < 0) | (targ >= n)) & (targ != ignore_index)
     if bad.any(): raise ValueError(f"Target class index {targ[bad][0].item()} is out of range for {n} classes (valid: 0..{n-1}, or ignore_index={ignore_index}). Check that the hierarchy's vocab is the dataloaders' vocab.")
+    return True
 
 # %% ../nbs/01_losses.ipynb #39ecc68d
 def _group_mean(x, hier, level):
@@ -47,49 +50,40 @@ def _group_mean(x, hier, level):
     return x.new_zeros(n).index_add_(0, idx, x) / x.new_zeros(n).index_add_(0, idx, torch.ones_like(x))
 
 # %% ../nbs/01_losses.ipynb #effd56b0
-_TINY = 1e-30 # below it a group's probability is summed in log space: its inverse must stay finite in float32
+def _members(hier:Hierarchy, level:int) -> Tensor:
+    "The fine classes of each group of `level`, a row per group, padded with `len(hier)`: an extra class of probability 0"
+    m,n = hier.maps[level],hier.n_classes[level]
+    order,counts = m.argsort(stable=True),torch.bincount(m, minlength=n)
+    pos = torch.arange(int(counts.max()))
+    return torch.where(pos < counts[:,None], order[((counts.cumsum(0) - counts)[:,None] + pos).clamp_max(len(m)-1)], len(m))
+
+def _plain(t, cls=Tensor):
+    "`t` as a `cls`: fastai's `TensorBase` costs ~15 µs an op, and `torch.compile` cannot trace `as_subclass` to the same class"
+    return t if type(t) is cls else t.as_subclass(cls)
 
 class _HierarchicalNLL(torch.autograd.Function):
-    "Per-item `-sum_l w_l log P_l(group of targ)` from float32 logits `x` (N, C), with one softmax pass forward and backward"
+    "Per-item `-sum_l w_l log P_l(target's group)` from float32 logits `x` (N, C): `w[0]` weighs the fine level, and `w[l+1]` the coarser level at which `groups[l]` are the targets' groups and `members[l]` its `_members`"
     @staticmethod
-    def forward(ctx, x, targ, hier, weights):
-        top = max(i for i,w in enumerate(weights) if w) # sums are needed up to the coarsest weighted level
-        w = x.new_tensor(weights[:top+1])
-        groups = hier.ancestors(targ)[:top+1]           # (levels, N): the target's group at each level
-        probs = sums = F.softmax(x, -1)
-        P = [probs.gather(-1, targ[:,None])]
-        for i in range(1, top+1):
-            sums = hier.sum_to_parents(sums, i-1)
-            P.append(sums.gather(-1, groups[i,:,None]))
-        P = torch.cat(P, -1)                            # (N, levels): the probability of the target's group
-        log_P,low = P.clamp_min(_TINY).log(),(P < _TINY) & (w > 0)
-        post = {}
-        if low.any(): # exact for these items: the log-sum-exp of their log-probabilities within the group
-            classes = torch.arange(x.shape[-1], device=x.device)
-            for i in low.any(0).nonzero()[:,0].tolist():
-                rows = low[:,i]
-                lp = F.log_softmax(x[rows], -1).masked_fill(hier.to_level(classes, i) != groups[i,rows,None], -float('inf'))
-                log_P[rows,i] = lp.logsumexp(-1)
-                post[i] = (lp - log_P[rows,i,None]).exp() # the posterior within the group, for the gradient
-        ctx.save_for_backward(probs, groups, P, low, w)
-        ctx.hier,ctx.post = hier,post
-        return -log_P @ w
+    def forward(ctx, x, targ, w, groups, members:list): # a list: dynamo mis-binds positional arguments followed by `*args`
+        lp = F.log_softmax(F.pad(x, (0, 1), value=-float('inf')), -1) # the padding class's log-probability is -inf
+        # a group's log-probability: the log-sum-exp of its classes' log-probabilities, exact however small
+        lP = lp.new_empty(len(lp), len(members))
+        for i,m in enumerate(members): lP[:,i] = lp.gather(-1, m.index_select(0, groups[i])).logsumexp(-1)
+        ctx.save_for_backward(lp, targ, w, lP, groups, *members)
+        return -(torch.cat([lp.gather(-1, targ[:,None]), lP], -1) @ w)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        "Each level adds `w * (softmax - posterior within the target's group)`; the posterior is `probs/P` inside the group"
-        probs,groups,P,low,w = ctx.saved_tensors
-        hier,top = ctx.hier,len(w)-1
-        # per-group coefficients copied down the tree: every class gets sum(w), less w/P at each level where it is in the target's group
-        c = (grad[:,None]*w/P.clamp_min(_TINY)).masked_fill_(low, 0.)
-        coef = (grad*w.sum())[:,None].repeat(1, hier.n_classes[top])
-        for i in range(top, -1, -1):
-            coef.scatter_add_(-1, groups[i,:,None], -c[:,i,None])
-            if i: coef = hier.copy_to_children(coef, i)
-        res = coef.mul_(probs)
-        for i,post in ctx.post.items(): res[low[:,i]] -= (grad[low[:,i]]*w[i])[:,None]*post
-        return res, None, None, None
+        "Each level adds `w * (softmax - posterior within the target's group)`; the posterior is `exp(log p - log P)`, exact for any P"
+        lp,targ,w,lP,groups,*members = ctx.saved_tensors
+        gw = grad[:,None]*w
+        res = lp.exp().mul_(gw.sum(-1, keepdim=True))
+        res.scatter_add_(-1, targ[:,None], -gw[:,:1])
+        for i,(g,m) in enumerate(zip(groups, members)):
+            idx = m.index_select(0, g)
+            res.scatter_add_(-1, idx, (lp.gather(-1, idx) - lP[:,i,None]).exp_().mul_(-gw[:,i+1,None]))
+        return res[:,:-1], None, None, None, None
 
 # %% ../nbs/01_losses.ipynb #f0f26002
 class HierarchicalCrossEntropy(Module):
@@ -106,6 +100,9 @@ class HierarchicalCrossEntropy(Module):
     ):
         store_attr('hier,label_smoothing,temperature,ignore_index,reduction')
         self.register_buffer('weight', weight)
+        # the tables the computation reads, as buffers: they follow `.to(device)` and are constants to `torch.compile`
+        self.register_buffer('_maps', hier.maps, persistent=False)
+        for i in range(1, hier.n_levels): self.register_buffer(f'_members{i}', _members(hier, i), persistent=False)
         self.weights = weights
 
     @property
@@ -116,25 +113,38 @@ class HierarchicalCrossEntropy(Module):
     @property
     def weights(self) -> dict: return dict(zip(self.hier.names, self._weights))
     @weights.setter
-    def weights(self, v): self._weights = _level_weights(self.hier, v)
+    def weights(self, v):
+        self._weights = _level_weights(self.hier, v)
+        self._levels = [i for i,w in enumerate(self._weights) if i and w] # the coarser levels computed
+        self.register_buffer('_level_maps', self._maps[self._levels], persistent=False)
+        self.register_buffer('_level_weights', self._maps.new_tensor([self._weights[i] for i in [0]+self._levels], dtype=torch.float), persistent=False)
 
-    def _check(self, inp, targ): _check_targets(inp, targ, self.hier, self.ignore_index)
+    def _check(self, inp, targ) -> bool: return _check_targets(inp, targ, self.hier, self.ignore_index)
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
-        res_type,inp,targ = type(inp),inp.as_subclass(Tensor),targ.as_subclass(Tensor) # fastai's `TensorBase` costs ~15 µs an op
-        self._check(inp, targ)
+        res_type,inp,targ = type(inp),_plain(inp),_plain(targ)
+        checked = self._check(inp, targ)
         with torch.autocast(inp.device.type, enabled=False):
             x = inp.float()
             if self.temperature != 1: x = x / self.temperature
             keep = targ != self.ignore_index
+            if not checked: # on a GPU or compiled: out-of-range targets are read as class 0, and their loss made NaN below
+                bad = keep & ((targ < 0) | (targ >= x.shape[-1]))
+                keep = keep & ~bad
             targ = targ.where(keep, 0)
             cw = None if self.weight is None else self.weight.float()
             item_w = keep.float() if cw is None else cw[targ]*keep
             if self.label_smoothing: loss = self._smoothed(x, targ, keep, cw, item_w)
-            else: loss = _HierarchicalNLL.apply(x.reshape(-1, x.shape[-1]), targ.reshape(-1), self.hier, self._weights).view(targ.shape)*item_w
+            else: loss = self._nll(x.reshape(-1, x.shape[-1]), targ.reshape(-1)).view(targ.shape)*item_w
+            if not checked: loss = loss.masked_fill(bad, float('nan')) # never a plausible value
         if self.reduction == 'sum': loss = loss.sum()
         elif self.reduction != 'none': loss = loss.sum()/item_w.sum()
-        return loss.as_subclass(res_type)
+        return _plain(loss, res_type)
+
+    def _nll(self, x, targ):
+        "Per-item weighted NLL of the target's group at each level"
+        return _HierarchicalNLL.apply(x, targ, self._level_weights, self._level_maps.index_select(1, targ),
+                                      [getattr(self, f'_members{i}') for i in self._levels])
 
     def _smoothed(self, x, targ, keep, cw, item_w):
         "The loss with label smoothing, which needs every group's log-probability: log-sum-exps within the groups"
