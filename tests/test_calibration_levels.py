@@ -20,6 +20,13 @@ def tiny():
 
 def _eces(hier): return [ECE(), ECE(hier=hier), ECE(hier=hier, level='species')]
 
+def _fitted(dls, hier, **kwargs):
+    "`small_learner` with the three `_eces` as its metrics, trained one epoch"
+    learn = small_learner(dls, hier, **kwargs)
+    learn.metrics = _eces(hier)
+    learn.fit(1, 1e-3)
+    return learn
+
 def _check_eces(learn, hier, values):
     "`values`: the three `_eces` of `learn.validate()`, against the definition on `get_preds`"
     probs,targ = learn.get_preds()
@@ -32,9 +39,7 @@ def _check_eces(learn, hier, values):
 
 def test_metric_names_and_values(tiny):
     dls,hier = tiny
-    learn = small_learner(dls, hier)
-    learn.metrics = _eces(hier)
-    learn.fit(1, 1e-3)
+    learn = _fitted(dls, hier)
     assert learn.recorder.metric_names[-4:-1] == ['ece', 'breed_ece', 'species_ece']
     _check_eces(learn, hier, learn.recorder.values[-1][-3:])
     _check_eces(learn, hier, learn.validate()[-3:])
@@ -42,9 +47,7 @@ def test_metric_names_and_values(tiny):
 def test_export_load_learner(tiny, tmp_path):
     "The metric and its hierarchy are pickled with the learner"
     dls,hier = tiny
-    learn = small_learner(dls, hier)
-    learn.metrics = _eces(hier)
-    learn.fit(1, 1e-3)
+    learn = _fitted(dls, hier)
     learn.export(tmp_path/'export.pkl')
     loaded = load_learner(tmp_path/'export.pkl')
     m = loaded.metrics[-1]
@@ -55,17 +58,13 @@ def test_export_load_learner(tiny, tmp_path):
 def test_mixup(tiny):
     "Under `MixUp` the training loss is MixUp's; the metric reaches the real loss's activation"
     dls,hier = tiny
-    learn = small_learner(dls, hier, cbs=MixUp())
-    learn.metrics = _eces(hier)
-    learn.fit(1, 1e-3)
+    learn = _fitted(dls, hier, cbs=MixUp())
     _check_eces(learn, hier, learn.recorder.values[-1][-3:])
 
 def test_bf16_predictions(tiny):
     "Half-precision predictions: the probabilities are summed in float32, and confident logits give finite values"
     dls,hier = tiny
-    learn = small_learner(dls, hier, cbs=_BF16Autocast())
-    learn.metrics = _eces(hier)
-    learn.fit(1, 1e-3)
+    learn = _fitted(dls, hier, cbs=_BF16Autocast())
     assert set(learn._bf16_autocast.pred_dtypes) == {torch.bfloat16}
     vals = learn.recorder.values[-1][-3:]
     assert all(math.isfinite(v) and 0 <= v <= 1 for v in vals), vals
@@ -93,9 +92,7 @@ def test_distributed_gathers_items(tiny):
 
 def test_fit_temperature_every_level(tiny):
     dls,hier = tiny
-    learn = small_learner(dls, hier, cbs=MixUp())
-    learn.metrics = _eces(hier)
-    learn.fit(1, 1e-3)
+    learn = _fitted(dls, hier, cbs=MixUp())
     with torch.no_grad(): learn.model[-1][-1].weight.mul_(5)
     probs,targ = learn.get_preds()
     res = learn.fit_temperature()
