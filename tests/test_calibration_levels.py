@@ -1,10 +1,11 @@
 "Calibration at every level (`ECE(hier=..., level=...)`, `fit_temperature`) and the tree plot with the accuracy per node, in real fastai learners on the PETS sample"
-import math
+import json, math, os, subprocess, sys
+from pathlib import Path
 import matplotlib; matplotlib.use('Agg')
 import numpy as np, pytest, torch
-from fastai.vision.all import URLs, CrossEntropyLossFlat, Learner, MixUp, load_learner, noop, untar_data
+from fastai.vision.all import URLs, CrossEntropyLossFlat, DataLoaders, Learner, MixUp, load_learner, nn, noop, rank_distrib, untar_data
 from fastcore.test import test_close as _close, test_fail as _fail
-from fastai_hier.all import HierarchicalInterpretation, pets_dls, pets_hierarchy
+from fastai_hier.all import Hierarchy, HierarchicalInterpretation, HierarchicalLoss, pets_dls, pets_hierarchy
 from fastai_hier.temperature import ECE, expected_calibration_error
 import fastai_hier.tree_plot # `Hierarchy.plot`
 from conftest import small_learner
@@ -90,6 +91,46 @@ def test_distributed_gathers_items(tiny):
         m.accumulate(_Learn(lf, logits[b], targs[b], (lf.activation(logits[b+2]), targs[b+2])))
     _close(m.value, expected_calibration_error(torch.cat(logits).softmax(-1), torch.cat(targs), hier=hier, level='species'), eps=1e-6)
 
+def _distributed_worker(out):
+    "One of 2 processes: `ECE` at each level on fixed predictions of 8 and 7 items, distributed, then on rank 0 in one process"
+    from distributed_worker import DISTRIB, _leave_group # its import also lets `DistributedDL` broadcast on the CPU
+    torch.set_num_threads(1)
+    hier = Hierarchy.from_func(list('abcd'), lambda c: 'x' if c in 'ab' else 'y', names=('fine', 'coarse'))
+    g = torch.Generator().manual_seed(0)
+    items = list(zip(torch.randn(8, 4, generator=g)*2, torch.randint(0, 4, (8,), generator=g)))
+    def _learner(items, level):
+        dls = DataLoaders.from_dsets(items, items, bs=2, device='cpu', num_workers=0)
+        model = nn.Linear(4, 4) # the identity: the predictions are the inputs
+        with torch.no_grad(): model.weight.copy_(torch.eye(4)); model.bias.zero_()
+        learn = Learner(dls, model, loss_func=HierarchicalLoss(hier), metrics=ECE(hier=hier, level=level))
+        learn.remove_cb(learn.progress); learn.logger = noop
+        return learn
+    cases,res = dict(even=items, odd=items[:7]),{}
+    for case,its in cases.items():
+        for level in hier.names:
+            learn = _learner(its, level)
+            with learn.distrib_ctx(**DISTRIB): learn.fit(1, 0.) # no step: the identity stays
+            res[f'{case} {level}'] = learn.recorder.values[-1][-1]
+    _leave_group()
+    if rank_distrib() == 0:
+        res.update({f'{case} {level} single': _learner(its, level).validate()[-1] for case,its in cases.items() for level in hier.names})
+        res.update({f'odd {level} padded': _learner(items[:7] + items[:1], level).validate()[-1] for level in hier.names}) # what the ranks get
+    (Path(out)/f'rank{rank_distrib()}.json').write_text(json.dumps(res))
+
+def test_distributed(tmp_path):
+    "With fastai's `distrib_ctx` on 2 CPU processes (gloo), as in one process: 7 items too, which `DistributedDL` pads to 8"
+    pytest.importorskip('accelerate')
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', PYTHONPATH=os.pathsep.join(p for p in [str(root), os.environ.get('PYTHONPATH')] if p))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', __file__, str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr[-5000:]
+    r0,r1 = (json.loads((tmp_path/f'rank{k}.json').read_text()) for k in (0, 1))
+    for case in ('even', 'odd'):
+        for level in ('fine', 'coarse'):
+            assert r0[f'{case} {level}'] == r1[f'{case} {level}'] == pytest.approx(r0[f'{case} {level} single'], rel=1e-6), (case, level, r0)
+    assert all(r0[f'odd {l} single'] != pytest.approx(r0[f'odd {l} padded']) for l in ('fine', 'coarse')) # so counting the padding would show
+
 def test_fit_temperature_every_level(tiny):
     dls,hier = tiny
     learn = _fitted(dls, hier, cbs=MixUp())
@@ -133,3 +174,5 @@ def test_accuracy_per_node_plot(tiny, tmp_path):
         ax = hier.plot(kind, values=acc, label='accuracy')
         assert len(ax.patches) == sum(hier.n_classes) and len(ax.figure.axes) == 2
         matplotlib.pyplot.close('all')
+
+if __name__ == '__main__': _distributed_worker(sys.argv[1]) # as launched by `test_distributed`
