@@ -54,7 +54,7 @@ _NO_VALUE = '#e0e0e0' # nodes without a value
 
 def _node_colours(hier, values, cmap, vmin, vmax):
     "RGBA per node at each level, and the `ScalarMappable` of the colorbar (None without `values`)"
-    if values is None: # each top group a colour, lighter at each level down
+    if values is None: # each top group a colour, lighter at each level up
         tab = mpl.colormaps['tab10']
         tops = [torch.zeros(n, dtype=torch.long).scatter_(0, m, hier.maps[-1]) for m,n in zip(hier.maps, hier.n_classes)]
         light = lambda c,i: tuple(1 - (1-np.array(c))*(1 - 0.5*i/hier.n_levels))
@@ -62,7 +62,9 @@ def _node_colours(hier, values, cmap, vmin, vmax):
     vals = _node_values(hier, values)
     flat = np.concatenate(vals)
     norm = mpl.colors.Normalize(ifnone(vmin, np.nanmin(flat)), ifnone(vmax, np.nanmax(flat)))
-    sm = mpl.cm.ScalarMappable(norm, mpl.colormaps[cmap])
+    try: cmap = plt.get_cmap(cmap)
+    except ValueError as e: raise ValueError(f"Unknown colormap {cmap!r} ({e}): give a matplotlib colormap, by name (e.g. 'viridis', 'RdYlGn') or as a `Colormap`.") from None
+    sm = mpl.cm.ScalarMappable(norm, cmap)
     return [np.where(np.isnan(v)[:,None], mpl.colors.to_rgba(_NO_VALUE), sm.to_rgba(np.nan_to_num(v))) for v in vals],sm
 
 def _text_colour(rgba): return 'white' if np.dot(rgba[:3], [0.299, 0.587, 0.114]) < 0.5 else 'black'
@@ -124,7 +126,7 @@ _KINDS = dict(icicle=_icicle, sunburst=_sunburst)
 def plot(self:Hierarchy,
     kind:str='icicle', # 'icicle': a column per level, the top level left; 'sunburst': a ring per level, the top level inside
     values:dict=None, # Level (name or index) -> one value per node of that level, in the order of `classes[level]` or by node name; coloured with `cmap`
-    cmap:str='viridis', # Matplotlib colormap of `values`
+    cmap:str='viridis', # Matplotlib colormap of `values`, by name or a `Colormap`
     vmin:float=None, # Value at the bottom of the colormap; default: the smallest of `values`
     vmax:float=None, # Value at the top of the colormap; default: the largest
     label:str=None, # Label of the colorbar
