@@ -61,6 +61,17 @@ class HierarchicalInterpretation(ClassificationInterpretation):
         "Accuracy at each level, by name"
         return {n:(p == t).float().mean().item() for n,(p,t) in zip(self.hier.names, map(self.at_level, self.hier.names))}
 
+# %% ../nbs/06_interpret.ipynb #b7273bea
+@patch
+def accuracy_per_node(self:HierarchicalInterpretation) -> dict:
+    "Per level, by name: for each node, the accuracy at that level of the items whose target is under it (NaN without items), as `Hierarchy.plot(values=...)` takes it"
+    res = {}
+    for i,name in enumerate(self.hier.names):
+        pred,targ = self.at_level(i)
+        n = self.hier.n_classes[i]
+        res[name] = torch.bincount(targ[pred == targ], minlength=n).float()/torch.bincount(targ, minlength=n).float() # 0/0: NaN
+    return res
+
 # %% ../nbs/06_interpret.ipynb #8fb0a878
 @patch
 def confusion_matrix(self:HierarchicalInterpretation, level=None) -> np.ndarray:

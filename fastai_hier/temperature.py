@@ -12,8 +12,10 @@ __all__ = ['TemperatureFit', 'TemperatureSchedule', 'TrainingTemperature', 'expe
 from fastai.basics import *
 from fastai.callback.schedule import *
 from fastai.callback.mixup import MixHandler
+from .hierarchy import Hierarchy
 from .losses import HierarchicalLoss, HierarchicalCrossEntropy, _real_loss, _check_temperature
-from .metrics import _flat
+from .metrics import _flat, _input_level, _check_idx
+from .interpret import _loss_hier
 from .span import SpanCallback
 
 # %% ../nbs/20_temperature.ipynb #4021caaf
@@ -83,6 +85,11 @@ class TrainingTemperature(Metric):
     def name(self): return 'temperature'
 
 # %% ../nbs/20_temperature.ipynb #9cc2eb5b
+def _check_ece_args(n_bins, hier, level, name):
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"`n_bins` is {n_bins!r}: give the number of confidence bins, a positive int. To measure at a level of a hierarchy, pass it by name: `ECE(hier=hier, level='species')`.")
+    if hier is None and level != 0: raise ValueError(f"{name} got `level={level!r}` but no hierarchy: pass the one whose levels it names, `hier=hier`.")
+
 def _calibration_bins(probs, targ, n_bins, pred=None):
     "Per confidence bin: number of predictions, their summed confidence, number right"
     if targ.is_floating_point(): raise ValueError(f"The calibration error needs class-index targets, got {targ.dtype} targets: it measures single-label classifiers.")
@@ -93,33 +100,53 @@ def _calibration_bins(probs, targ, n_bins, pred=None):
 
 def _ece(count, conf, right): return ((right - conf).abs().sum()/count.sum()).item() if count.sum() else None
 
+def _level_bins(probs, targ, n_bins, hier, level, name, pred=None):
+    "`_calibration_bins` of flat `probs` at `level` of `hier`: each group's probability is the sum of its classes'"
+    _check_ece_args(n_bins, hier, level, name)
+    if hier is None: return _calibration_bins(probs, targ, n_bins, pred)
+    i,targ = hier.level(level),_check_idx(targ, hier, 'targets', name)
+    with torch.autocast(probs.device.type, enabled=False):
+        probs = probs.float()
+        for j in range(_input_level(probs, hier, i, name), i): probs = hier.sum_to_parents(probs, j)
+    if pred is not None: pred = hier.to_level(_check_idx(pred, hier, 'predictions', name).to(targ.device), i)
+    return _calibration_bins(probs, hier.to_level(targ, i), n_bins, pred)
+
 def expected_calibration_error(
     probs:Tensor, # Probabilities, classes along `axis`
     targ:Tensor, # Class indices
     n_bins:int=15, # Equal-width confidence bins
     axis:int=-1, # Class axis
-    pred:Tensor=None, # The predicted classes, one per item, if not the most probable (e.g. `crm_decode`'s)
+    pred:Tensor=None, # The predicted classes, one per item, if not the most probable (e.g. `crm_decode`'s); fine classes with `hier`
+    hier:Hierarchy=None, # Classes and their groups, to measure at `level`; `targ` are then its fine class indices
+    level:str|int=0, # Level of `hier` whose summed probabilities are measured, by name or index; 0: the fine classes
 ) -> float:
-    "Gap between confidence and accuracy of the top-1 (or `pred`) predictions, averaged over `n_bins` confidence bins"
+    "Gap between confidence and accuracy of the top-1 (or `pred`) predictions, averaged over `n_bins` confidence bins; with `hier`, of the groups of `level`"
     if pred is not None: pred = pred.flatten()
-    return _ece(*_calibration_bins(*_flat(probs, targ, axis), n_bins, pred))
+    return _ece(*_level_bins(*_flat(probs, targ, axis), n_bins, hier, level, 'expected_calibration_error', pred))
 
 # %% ../nbs/20_temperature.ipynb #89994138
 class ECE(Metric):
-    "Expected calibration error of the top-1 predictions over `n_bins` equal-width confidence bins"
+    "Expected calibration error of the top-1 predictions over `n_bins` equal-width confidence bins; with `hier`, of the summed probabilities at `level`"
     def __init__(self,
         n_bins:int=15, # Confidence bins
         axis:int=-1, # Class axis
-    ): store_attr()
+        hier:Hierarchy=None, # Classes and their groups; checked against `dls.vocab` at each fit
+        level:str|int=0, # Level of `hier` to measure, by name or index; `level` keeps its index
+    ):
+        _check_ece_args(n_bins, hier, level, 'ECE') # fail now, not at the first validation
+        self.n_bins,self.axis,self.hier = n_bins,axis,hier
+        self.level = 0 if hier is None else hier.level(level)
     def reset(self): self.bins = 0
     def accumulate(self, learn):
         lf = _real_loss(learn.loss_func)
         probs = lf.activation(learn.pred) if hasattr(lf, 'activation') else F.softmax(learn.pred.float(), dim=self.axis)
         # gather the items, not the bin sums: in distributed training fastai concatenates gathered vectors but averages scalars
         probs,targ = learn.to_detach((probs, learn.yb[0]))
-        self.bins = self.bins + torch.stack(_calibration_bins(*_flat(probs, targ, axis=self.axis), self.n_bins))
+        self.bins = self.bins + torch.stack(_level_bins(*_flat(probs, targ, axis=self.axis), self.n_bins, self.hier, self.level, 'ECE'))
     @property
     def value(self): return None if isinstance(self.bins, int) else _ece(*self.bins)
+    @property
+    def name(self): return 'ece' if self.hier is None else f'{self.hier.names[self.level]}_ece'
 
 # %% ../nbs/20_temperature.ipynb #a9a0636d
 class InferenceTemperature(Callback):
@@ -129,8 +156,8 @@ class InferenceTemperature(Callback):
     def after_pred(self): self.learn.pred = self.pred/self.temperature
 
 # %% ../nbs/20_temperature.ipynb #c4160aa8
-TemperatureFit = namedtuple('TemperatureFit', 'temperature nll_before nll_after ece_before ece_after accuracy')
-TemperatureFit.__doc__ = "What `fit_temperature` found: the temperature, the NLL and the ECE at the former and the new one, the accuracy at both"
+TemperatureFit = namedtuple('TemperatureFit', 'temperature nll_before nll_after ece_before ece_after accuracy level_ece_before level_ece_after', defaults=(None, None))
+TemperatureFit.__doc__ = "What `fit_temperature` found: the temperature, the NLL and the ECE at the former and the new one, the accuracy at both; with a hierarchy, the ECE at each level by name"
 
 def _nll(logits, targ, t): return F.cross_entropy(logits/t, targ)
 
@@ -155,6 +182,7 @@ def fit_temperature(self:Learner,
 ) -> TemperatureFit:
     "Fit the softmax temperature on held-out data by minimising the NLL (Guo et al. 2017); `get_preds` and `predict` use it from then on"
     lf = _real_loss(self.loss_func)
+    hier = _loss_hier(lf)
     cbs = self.cbs.filter(lambda o: isinstance(o, InferenceTemperature))
     t0 = lf.temperature if _has_temperature(lf) else cbs[0].temperature if cbs else 1.
     with self.removed_cbs(cbs): logits,targ = self.get_preds(ds_idx, dl=dl, act=noop) # the model's own logits
@@ -166,9 +194,10 @@ def fit_temperature(self:Learner,
     with torch.autocast(logits.device.type, enabled=False):
         t = _fit_log_temperature(logits, targ, t0, max_iter)
         if _nll(logits, targ, t) > _nll(logits, targ, t0): t = t0 # never worse on the data it was fit on
-        def _ece_at(t): return expected_calibration_error((logits/t).softmax(-1), targ, n_bins)
+        def _ece_at(t, level=0): return expected_calibration_error((logits/t).softmax(-1), targ, n_bins, hier=hier, level=level)
+        def _levels_at(t): return None if hier is None else {n:_ece_at(t, n) for n in hier.names}
         res = TemperatureFit(t, _nll(logits, targ, t0).item(), _nll(logits, targ, t).item(), _ece_at(t0), _ece_at(t),
-                             (logits.argmax(-1) == targ).float().mean().item())
+                             (logits.argmax(-1) == targ).float().mean().item(), _levels_at(t0), _levels_at(t))
     if _has_temperature(lf): lf.temperature = t
     elif cbs: cbs[0].temperature = t
     else: self.add_cb(InferenceTemperature(t))
