@@ -1,14 +1,16 @@
 """What `HierarchicalLoss` costs: forward plus backward against cross-entropy, side by side in one process.
 
     python bench/loss_cost.py                  # CPU, one thread (and the GPU too when there is one)
-    python bench/loss_cost.py --threads 2 --repeats 50
+    python bench/loss_cost.py --threads 2 --repeats 50 --rounds 5
+    python bench/loss_cost.py --device cuda --only losses
 
-Prints markdown tables: times as ratios to `CrossEntropyLossFlat` (min and median over interleaved repeats),
-the memory the loss keeps for its backward (and the peak on a GPU), the build time of the hierarchies,
-what the loss adds to a resnet18 training step, the callbacks' cost per batch and the `CoarseToFine` switch.
-Nothing is downloaded: the hierarchies are random trees of the given sizes, the images random tensors.
+Prints markdown tables: times as ratios to `CrossEntropyLossFlat` (the min over interleaved repeats, in each of
+`--rounds` rounds: the table gives the best round and the spread of the ratio across rounds), the eager and the
+compiled (`torch.compile(fullgraph=True)`) loss, the memory the loss keeps for its backward (and the peak on a GPU),
+the build time of the hierarchies, what the loss adds to a resnet18 training step, the callbacks' cost per batch
+and the `CoarseToFine` switch. Nothing is downloaded: the hierarchies are random trees, the images random tensors.
 """
-import argparse, os, platform, random, statistics, time
+import argparse, collections, os, platform, random, statistics, time
 import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.models import resnet18
 from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat, noop
@@ -52,14 +54,19 @@ def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
 def fwd_bwd(loss_func, x, targ):
-    "One forward and backward; the bytes kept for the backward (each tensor once, however many operations keep it)"
+    "One forward and backward"
+    x = x.detach().requires_grad_()
+    loss_func(x, targ).mean().backward()
+
+def kept_for_backward(loss_func, x, targ) -> int:
+    "The bytes the loss keeps for its backward (each tensor once, however many operations keep it)"
     saved = {}
     def pack(t):
         saved[t.data_ptr()] = t.untyped_storage().nbytes()
         return t
     x = x.detach().requires_grad_()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): loss = loss_func(x, targ)
-    loss.backward()
+    loss.mean().backward()
     return sum(saved.values())
 
 def time_side_by_side(funcs:dict, repeats, device, warmup=2) -> dict:
@@ -76,28 +83,34 @@ def time_side_by_side(funcs:dict, repeats, device, warmup=2) -> dict:
 def table(rows, header):
     return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|'*len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
 
-def bench_losses(device, bs, repeats):
+def bench_losses(device, bs, repeats, rounds):
     rows,builds = [],[]
     for label,sizes in SIZES.items():
         parents,vocab = random_tree(sizes)
         t = time.perf_counter(); hier = Hierarchy.from_parents(parents, vocab); builds.append((label, f'{time.perf_counter()-t:.3f}'))
         x = torch.randn(bs, sizes[0], device=device)*3
         targ = torch.randint(0, sizes[0], (bs,), device=device)
-        losses = {'CrossEntropyLossFlat': CrossEntropyLossFlat(), 'HierarchicalLoss': HierarchicalLoss(hier),
-                  'HierarchicalLoss, label_smoothing=0.1': HierarchicalLoss(hier, label_smoothing=0.1), 'naive': NaiveLoss(hier)}
+        hl,smoothed = HierarchicalLoss(hier),HierarchicalLoss(hier, label_smoothing=0.1)
+        hl.to(device); smoothed.to(device) # fastai's `BaseLoss.to` returns None
+        # fastai's `BaseLoss` wraps its inputs in `TensorBase`, which dynamo does not trace: compile the inner module
+        compiled = torch.compile(hl.func, fullgraph=True)
+        losses = {'CrossEntropyLossFlat': CrossEntropyLossFlat(), 'HierarchicalLoss': hl, 'HierarchicalLoss, compiled': compiled,
+                  'HierarchicalLoss, label_smoothing=0.1': smoothed, 'naive': NaiveLoss(hier)}
         mem = {}
         for k,lf in losses.items():
             if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-            mem[k] = fwd_bwd(lf, x, targ)/2**20, (torch.cuda.max_memory_allocated()-base)/2**20 if device.type == 'cuda' else None
+            mem[k] = kept_for_backward(lf, x, targ)/2**20, (torch.cuda.max_memory_allocated()-base)/2**20 if device.type == 'cuda' else None
         naive_repeats = max(3, repeats//10) if sizes[0] >= 1000 else repeats # seconds a call at 10,000 classes
-        times = time_side_by_side({k:(lambda lf=lf: fwd_bwd(lf, x, targ)) for k,lf in losses.items() if k != 'naive'}, repeats, device)
-        times.update(time_side_by_side({'naive': lambda: fwd_bwd(losses['naive'], x, targ)}, naive_repeats, device, warmup=1))
-        ce_min,ce_med = min(times['CrossEntropyLossFlat']),statistics.median(times['CrossEntropyLossFlat'])
-        for k,ts in times.items():
-            mn,md = min(ts),statistics.median(ts)
-            rows.append([label, k, f'{mn*1e3:.2f}', f'{md*1e3:.2f}', f'**{mn/ce_min:.2f}x**', f'{md/ce_med:.2f}x', f'{mem[k][0]:.1f}']
+        ratios = collections.defaultdict(list) # per round: min / CE's min
+        for r in range(rounds):
+            times = time_side_by_side({k:(lambda lf=lf: fwd_bwd(lf, x, targ)) for k,lf in losses.items() if k != 'naive'}, repeats, device)
+            if r == 0: times.update(time_side_by_side({'naive': lambda: fwd_bwd(losses['naive'], x, targ)}, naive_repeats, device, warmup=1))
+            for k,ts in times.items(): ratios[k].append((min(ts), min(ts)/min(times['CrossEntropyLossFlat'])))
+        for k,rs in ratios.items():
+            best_ms,best = min(rs)
+            rows.append([label, k, f'{best_ms*1e3:.2f}', f'**{min(r for _,r in rs):.2f}x**', f'{min(r for _,r in rs):.2f}-{max(r for _,r in rs):.2f}x', f'{mem[k][0]:.1f}']
                         + ([f'{mem[k][1]:.1f}'] if device.type == 'cuda' else []))
-    header = ['hierarchy', 'loss', 'min ms', 'median ms', 'min / CE', 'median / CE', 'kept for backward, MiB'] + (['peak, MiB'] if device.type == 'cuda' else [])
+    header = ['hierarchy', 'loss', 'min ms', 'min / CE', f'across {rounds} rounds', 'kept for backward, MiB'] + (['peak, MiB'] if device.type == 'cuda' else [])
     say(f'\n### Forward + backward at batch {bs} on {device_name(device)}\n\n' + table(rows, header))
     say('\nBuilding each `Hierarchy` with `Hierarchy.from_parents`:\n\n' + table(builds, ['hierarchy', 'seconds']))
 
@@ -174,6 +187,8 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--bs', type=int, default=256, help='batch size of the loss benchmark')
     p.add_argument('--repeats', type=int, default=30, help='timed calls of each loss, interleaved')
+    p.add_argument('--rounds', type=int, default=3, help='rounds of interleaved repeats: the spread of the ratios across them is reported')
+    p.add_argument('--only', choices=['losses', 'step', 'callbacks'], default=None, help='run one of the benchmarks')
     p.add_argument('--threads', type=int, default=1, help='CPU threads (the target is stated for one)')
     p.add_argument('--device', default=None, help="'cpu', 'cuda', ...; default: the CPU, then the GPU if there is one")
     p.add_argument('--step-bs', type=int, default=32, help='batch size of the resnet18 step')
@@ -186,7 +201,7 @@ if __name__ == '__main__':
     say(f'Measured with torch {torch.__version__} on {platform.platform()}, {os.cpu_count()} cores' + (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') + ':')
     devices = [args.device] if args.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for d in map(torch.device, devices):
-        bench_losses(d, args.bs, args.repeats)
-        bench_step(d, args.step_bs, args.step_size, args.step_repeats)
-        bench_callbacks(d, args.step_repeats)
+        if args.only in (None, 'losses'): bench_losses(d, args.bs, args.repeats, args.rounds)
+        if args.only in (None, 'step'): bench_step(d, args.step_bs, args.step_size, args.step_repeats)
+        if args.only in (None, 'callbacks'): bench_callbacks(d, args.step_repeats)
     if args.out: open(args.out, 'w').write('\n'.join(OUT).strip() + '\n')

@@ -109,3 +109,20 @@ def test_every_hierarchy_is_checked_against_the_vocab(dls, hier):
         with pytest.raises(ValueError, match=f"{what} orders its fine classes unlike `dls.vocab`"): learn.fit(1)
     learn = vision_learner(dls, resnet18, pretrained=False, loss_func=HierarchicalLoss(wrong))
     with pytest.raises(ValueError, match="The loss HierarchicalLoss orders"): learn.lr_find(num_it=2, show_plot=False)
+
+def test_compiled_model_and_loss(dls, hier):
+    "`torch.compile`: a learner with a compiled model trains with the loss, and the loss's inner module compiled whole gives the same losses"
+    from fastai.vision.all import Learner, ConvLayer, Flatten, nn
+    set_seed(0)
+    model = nn.Sequential(ConvLayer(3, 16, stride=4), ConvLayer(16, 32, stride=4), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(32, len(hier)))
+    lf = HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3})
+    learn = Learner(dls, torch.compile(model), loss_func=lf, metrics=LevelAccuracy(hier, 'species'))
+    learn.fit(1, 1e-3)
+    assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
+    x,y = dls.one_batch()
+    with torch.no_grad(): out = learn.model(x)
+    eager = lf(out, y)
+    lf.func = torch.compile(lf.func, fullgraph=True)   # `BaseLoss` itself wraps in `TensorBase`, which dynamo does not trace
+    _close(lf(out, y), eager, eps=1e-5)
+    learn.fit(1, 1e-3)
+    assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
