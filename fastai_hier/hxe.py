@@ -31,6 +31,7 @@ class _TreeBaseLoss(BaseLoss):
     "A `_TreeLoss` as a fastai loss: flattens input and target, softmax activation, argmax, CRM or hedged decodes"
     y_int = True # y interpolation
     _param = None # the name of the loss's own parameter, for `repr`
+    threshold = None # what a loss exported before hedged decoding existed reads
     def __init__(self, loss_cls, hier, *args, axis=-1, decode='argmax', threshold=None, **kwargs):
         _set_decode(self, decode, threshold)
         super().__init__(loss_cls, hier, *args, axis=axis, **kwargs)

@@ -190,6 +190,7 @@ def _inner_attr(name:str, doc:str=None) -> property:
 class HierarchicalLoss(BaseLoss):
     "`HierarchicalCrossEntropy` as a fastai loss: flattens input and target, softmax activation, argmax (or CRM, or hedged) decodes"
     y_int = True # y interpolation
+    threshold = None # what a loss exported before hedged decoding existed reads
     def __init__(self,
         hier:Hierarchy, # Classes and their groups; its level 0 must match the model's outputs
         weights:dict|list=None, # Relative weight of each level (normalised to sum to 1): a dict of level names or one per level, finest first; default: equal

@@ -1,5 +1,5 @@
 "Hedged predictions (`fastai_hier.hedge`) inside real fastai learners on the PETS sample: export and `load_learner`, `MixUp`, half precision, a ragged tree, distributed metrics"
-import json, math, os, subprocess, sys, textwrap
+import json, os, pickle, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
 from fastai.vision.all import (URLs, Categorize, DataLoaders, Learner, MixUp, load_learner, nn, rank_distrib, resnet18, set_seed,
@@ -150,6 +150,17 @@ def test_ragged_threshold(ragged):
         if ts[k] < t: assert right < 0.9
     level,group = climb(p, h, t)
     assert (h.ancestors(targ).gather(0, level[None])[0] == group).double().mean().item() >= 0.9
+
+def test_loss_exported_before_hedging(tiny):
+    "A loss pickled before it had a `threshold` still decodes and prints"
+    _,hier = tiny
+    lf = HierarchicalLoss(hier)
+    del lf.threshold
+    lf = pickle.loads(pickle.dumps(lf))
+    p = torch.rand(4, 37).softmax(-1)
+    assert torch.equal(lf.decodes(p), p.argmax(-1)) and repr(lf).endswith('temperature=1.0)')
+    lf.decode = 'hedge'
+    with pytest.raises(ValueError, match="needs a threshold"): lf.decodes(p)
 
 def test_bad_input(hedged, tiny):
     learn,_,_ = hedged
