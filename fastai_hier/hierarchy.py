@@ -25,6 +25,12 @@ def _path_to_top(node, parents):
 # %% ../nbs/00_hierarchy.ipynb #b8ca1fcb
 def _dups(xs): return sorted((x for x,n in collections.Counter(xs).items() if n>1), key=str)
 
+def _as_idx(x, what) -> Tensor:
+    "`x` as a tensor of integers, or a clear error"
+    x = torch.as_tensor(x)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool: raise ValueError(f"The {what} must be integers, got {x.dtype}.")
+    return x.long()
+
 # %% ../nbs/00_hierarchy.ipynb #cbc59c45
 class Hierarchy:
     "A tree over class names with named levels, finest first; the classes at level 0 follow `vocab`"
@@ -79,6 +85,50 @@ class Hierarchy:
     def to_level(self, targ:Tensor, level) -> Tensor:
         "Map fine class indices `targ` to their ancestors' indices at `level`"
         return self._on('maps', targ.device)[self.level(level)][targ]
+
+    @property
+    def _offsets(self) -> Tensor:
+        "Where the groups of each level start among the node indices, and their total: `[0, n_0, n_0+n_1, ...]`"
+        return tensor([0, *itertools.accumulate(self.n_classes)]).long()
+    @property
+    def _node_ids(self) -> Tensor:
+        "The node index of every group of every level, in `_offsets` order: a leaf that stands for itself at a coarser level is its fine class"
+        o2i = {c:i for i,c in enumerate(self.vocab)} # only leaves are repeated, and no leaf is a group
+        return tensor([o2i.get(c, o+g) for o,cls in zip(self._offsets.tolist(), self.classes) for g,c in enumerate(cls)]).long()
+
+    def node_index(self, level, node):
+        "One integer per node: fine class `i` is `i`, group `g` of `level` is `sum(n_classes[:level]) + g`; a leaf that stands for itself at a coarser level is its fine class"
+        scalar = not isinstance(level, Tensor) and not isinstance(node, Tensor)
+        node = _as_idx(node, 'node')
+        level = _as_idx(level, 'level').to(node.device) if isinstance(level, Tensor) else tensor(self.level(level), device=node.device)
+        level,node = torch.broadcast_tensors(level, node)
+        if ((level < 0) | (level >= self.n_levels)).any():
+            raise ValueError(f"Level {level[(level < 0) | (level >= self.n_levels)][0].item()} is out of range: this hierarchy's levels are 0..{self.n_levels-1} {self.names}, finest first.")
+        off = self._on('_offsets', node.device)
+        bad = (node < 0) | (node >= off[level+1] - off[level])
+        if bad.any():
+            l = level[bad][0].item()
+            raise ValueError(f"Group {node[bad][0].item()} is out of range at level '{self.names[l]}', which has {self.n_classes[l]} groups (0..{self.n_classes[l]-1}).")
+        res = self._on('_node_ids', node.device)[off[level] + node]
+        return res.item() if scalar else res
+
+    def node_level(self, index):
+        "The `(level, group)` of node `index` (see `node_index`), at the finest level that has the node"
+        scalar = not isinstance(index, Tensor)
+        index = _as_idx(index, 'node index')
+        n = sum(self.n_classes)
+        if index.numel() and (index.min() < 0 or index.max() >= n):
+            raise ValueError(f"Node indices go from 0 to {n-1} in this hierarchy ({' + '.join(map(str, self.n_classes))} groups, finest first), got {index.min().item()} to {index.max().item()}.")
+        index,off = self._on('_node_ids', index.device)[index],self._on('_offsets', index.device)
+        level = torch.searchsorted(off, index, right=True) - 1
+        node = index - off[level]
+        return (level.item(), node.item()) if scalar else (level, node)
+
+    def node_name(self, level, node):
+        "The name of group `node` of `level`; for tensors, the list of the names, flattened"
+        names = [c for cls in self.classes for c in cls]
+        idx = self.node_index(level, node)
+        return names[idx] if isinstance(idx, int) else [names[i] for i in idx.flatten().tolist()]
 
     def ancestors(self, targ:Tensor) -> Tensor:
         "The group of each fine class index in `targ` at every level, finest first: shape `(n_levels, *targ.shape)`"

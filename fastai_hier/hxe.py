@@ -10,7 +10,7 @@ __all__ = ['HXE', 'HXELoss', 'SoftLabelsCrossEntropy', 'SoftLabelsLoss']
 # %% ../nbs/04_hxe.ipynb #afc3b0eb
 from fastai.basics import *
 from .hierarchy import *
-from .losses import _check_decode, _check_targets, _decode, _inner_attr
+from .losses import _check_targets, _decode, _decode_repr, _inner_attr, _set_decode
 
 # %% ../nbs/04_hxe.ipynb #a6691a5a
 class _TreeLoss(Module):
@@ -28,20 +28,21 @@ class _TreeLoss(Module):
         return loss.sum() if self.reduction == 'sum' else loss.sum()/keep.sum()
 
 class _TreeBaseLoss(BaseLoss):
-    "A `_TreeLoss` as a fastai loss: flattens input and target, softmax activation, argmax or CRM decodes"
+    "A `_TreeLoss` as a fastai loss: flattens input and target, softmax activation, argmax, CRM or hedged decodes"
     y_int = True # y interpolation
     _param = None # the name of the loss's own parameter, for `repr`
-    def __init__(self, loss_cls, hier, *args, axis=-1, decode='argmax', **kwargs):
-        self.decode = _check_decode(decode)
+    threshold = None # what a loss exported before hedged decoding existed reads
+    def __init__(self, loss_cls, hier, *args, axis=-1, decode='argmax', threshold=None, **kwargs):
+        _set_decode(self, decode, threshold)
         super().__init__(loss_cls, hier, *args, axis=axis, **kwargs)
     def activation(self, x:Tensor) -> Tensor:
         "Softmax of the logits"
         return F.softmax(x.float(), dim=self.axis)
     def decodes(self, x:Tensor) -> Tensor:
-        "The most likely fine class, or with `decode='crm'` the one of least expected tree distance"
-        return _decode(x, self.func.hier, self.decode, self.axis)
+        "The most likely fine class; with `decode='crm'` the one of least expected tree distance, with 'hedge' the node `climb` stops at"
+        return _decode(x, self.func.hier, self.decode, self.axis, self.threshold)
     def __repr__(self):
-        return f"{type(self).__name__}({self.func.hier}, {self._param}={getattr(self, self._param)}" + (f", decode='{self.decode}')" if self.decode != 'argmax' else ')')
+        return f"{type(self).__name__}({self.func.hier}, {self._param}={getattr(self, self._param)}" + _decode_repr(self)
 
 # %% ../nbs/04_hxe.ipynb #2c229e94
 class HXE(_TreeLoss):
@@ -64,16 +65,17 @@ class HXE(_TreeLoss):
 # %% ../nbs/04_hxe.ipynb #b2258b2f
 @delegates(HXE)
 class HXELoss(_TreeBaseLoss):
-    "`HXE` as a fastai loss: flattens input and target, softmax activation, argmax (or `decode='crm'`) decodes"
+    "`HXE` as a fastai loss: flattens input and target, softmax activation, argmax (or `decode='crm'`, or 'hedge') decodes"
     _param = 'alpha'
     def __init__(self,
         hier:Hierarchy, # Classes and their groups; its level 0 must match the model's outputs
         alpha:float=0.1, # Discount of the fine decisions: weight `exp(-alpha*h)` at height `h`
         *args,
         axis:int=-1, # Class axis
-        decode:str='argmax', # How `decodes` picks the class: 'argmax', or 'crm' (`crm_decode`)
+        decode:str='argmax', # How `decodes` picks the class: 'argmax', 'crm' (`crm_decode`), or 'hedge' (a node index, `hedge_decode`)
+        threshold:float=None, # Least probability of a hedged prediction (`decode='hedge'`); `learn.fit_hedge` picks it
         **kwargs
-    ): super().__init__(HXE, hier, alpha, *args, axis=axis, decode=decode, **kwargs)
+    ): super().__init__(HXE, hier, alpha, *args, axis=axis, decode=decode, threshold=threshold, **kwargs)
     alpha = _inner_attr('alpha', "Discount of the fine decisions")
 
 # %% ../nbs/04_hxe.ipynb #8dde56e6
@@ -96,14 +98,15 @@ class SoftLabelsCrossEntropy(_TreeLoss):
 # %% ../nbs/04_hxe.ipynb #bf998bfb
 @delegates(SoftLabelsCrossEntropy)
 class SoftLabelsLoss(_TreeBaseLoss):
-    "`SoftLabelsCrossEntropy` as a fastai loss: flattens input and target, softmax activation, argmax (or `decode='crm'`) decodes"
+    "`SoftLabelsCrossEntropy` as a fastai loss: flattens input and target, softmax activation, argmax (or `decode='crm'`, or 'hedge') decodes"
     _param = 'beta'
     def __init__(self,
         hier:Hierarchy, # Classes and their groups; its level 0 must match the model's outputs
         beta:float=10., # Sharpness of the soft labels: large is one-hot, 0 uniform
         *args,
         axis:int=-1, # Class axis
-        decode:str='argmax', # How `decodes` picks the class: 'argmax', or 'crm' (`crm_decode`)
+        decode:str='argmax', # How `decodes` picks the class: 'argmax', 'crm' (`crm_decode`), or 'hedge' (a node index, `hedge_decode`)
+        threshold:float=None, # Least probability of a hedged prediction (`decode='hedge'`); `learn.fit_hedge` picks it
         **kwargs
-    ): super().__init__(SoftLabelsCrossEntropy, hier, beta, *args, axis=axis, decode=decode, **kwargs)
+    ): super().__init__(SoftLabelsCrossEntropy, hier, beta, *args, axis=axis, decode=decode, threshold=threshold, **kwargs)
     beta = _inner_attr('beta', "Sharpness of the soft labels")

@@ -159,25 +159,35 @@ class HierarchicalCrossEntropy(Module):
         return loss
 
 # %% ../nbs/01_losses.ipynb #42c12c63
+from .hedge import _as_probs, _check_threshold, hedge_decode
+
 def crm_decode(
     probs:Tensor, # Probabilities over the fine classes of `hier` (the loss's activation, e.g. `get_preds` outputs)
     hier:Hierarchy, # Classes and their groups
     axis:int=-1, # Class axis
 ) -> Tensor:
     "The class of least expected tree distance to the target, `argmin_j sum_i p_i d(i,j)` (conditional risk minimisation, Karthik et al. 2021)"
-    p = probs.movedim(axis, -1).float()
-    n = len(hier)
-    if p.shape[-1] != n: raise ValueError(f"`crm_decode` got {p.shape[-1]} classes on axis {axis} but the hierarchy has {n} fine classes: give probabilities over the classes of `hier.vocab`.")
-    if (p < 0).any() or not torch.allclose(p.sum(-1), p.new_ones(()), atol=1e-3):
-        raise ValueError(f"`crm_decode` needs probabilities that sum to 1 along axis {axis}; these do not (logits?): apply the loss's `activation` (a softmax) first.")
-    return (p @ hier._on('distances', p.device).float()).argmin(-1) # the class-by-class matrix, built on first use
+    with torch.autocast(probs.device.type, enabled=False):
+        p = _as_probs(probs, hier, axis, 'crm_decode')
+        return (p @ hier._on('distances', p.device).float()).argmin(-1) # the class-by-class matrix, built on first use
 
 def _check_decode(decode):
-    if decode not in ('argmax', 'crm'): raise ValueError(f"Unknown decode {decode!r}: use 'argmax' (the most likely class) or 'crm' (the class of least expected tree distance, `crm_decode`).")
+    if decode not in ('argmax', 'crm', 'hedge'): raise ValueError(f"Unknown decode {decode!r}: use 'argmax' (the most likely class), 'crm' (the class of least expected tree distance, `crm_decode`) or 'hedge' (the finest node of probability at least `threshold`, `hedge_decode`).")
     return decode
 
-def _decode(x, hier, decode, axis):
-    "Fine classes from the activations `x` by `decode`: 'argmax' or 'crm'"
+def _set_decode(lf, decode, threshold):
+    "Check and set the loss's `decode` and the `threshold` of hedged decoding"
+    lf.decode = _check_decode(decode)
+    if threshold is not None: _check_threshold(threshold, '`threshold`')
+    lf.threshold = threshold
+
+def _decode_repr(lf) -> str:
+    "The end of the loss's `repr`: its decoding, where not the default"
+    return (f", decode='{lf.decode}'" if lf.decode != 'argmax' else '') + (f", threshold={lf.threshold:.4g}" if lf.threshold is not None else '') + ')'
+
+def _decode(x, hier, decode, axis, threshold=None):
+    "Fine classes from the activations `x` by `decode`: 'argmax' or 'crm'; with 'hedge', the node indices of `climb`'s nodes at `threshold`"
+    if decode == 'hedge': return hedge_decode(x, hier, threshold, axis)
     return crm_decode(x, hier, axis) if decode == 'crm' else x.argmax(dim=axis)
 
 # %% ../nbs/01_losses.ipynb #1a5fe5dd
@@ -188,17 +198,19 @@ def _inner_attr(name:str, doc:str=None) -> property:
 # %% ../nbs/01_losses.ipynb #1d593ddd
 @delegates(HierarchicalCrossEntropy)
 class HierarchicalLoss(BaseLoss):
-    "`HierarchicalCrossEntropy` as a fastai loss: flattens input and target, softmax activation, argmax decodes"
+    "`HierarchicalCrossEntropy` as a fastai loss: flattens input and target, softmax activation, argmax (or CRM, or hedged) decodes"
     y_int = True # y interpolation
+    threshold = None # what a loss exported before hedged decoding existed reads
     def __init__(self,
         hier:Hierarchy, # Classes and their groups; its level 0 must match the model's outputs
         weights:dict|list=None, # Relative weight of each level (normalised to sum to 1): a dict of level names or one per level, finest first; default: equal
         *args,
         axis:int=-1, # Class axis
-        decode:str='argmax', # How `decodes` (so `predict` and `get_preds(with_decoded=True)`) picks the class: 'argmax', or 'crm' (`crm_decode`)
+        decode:str='argmax', # How `decodes` (so `predict` and `get_preds(with_decoded=True)`) picks the class: 'argmax', 'crm' (`crm_decode`), or 'hedge' (a node index, `hedge_decode`)
+        threshold:float=None, # Least probability of a hedged prediction (`decode='hedge'`); `learn.fit_hedge` picks it
         **kwargs
     ):
-        self.decode = _check_decode(decode)
+        _set_decode(self, decode, threshold)
         super().__init__(HierarchicalCrossEntropy, hier, weights, *args, axis=axis, **kwargs)
 
     temperature = _inner_attr('temperature', "Logits are divided by it before the softmax")
@@ -208,9 +220,9 @@ class HierarchicalLoss(BaseLoss):
         "Softmax of the logits at the loss's temperature"
         return F.softmax(x.float() / self.temperature, dim=self.axis)
     def decodes(self, x:Tensor) -> Tensor:
-        "The most likely fine class, or with `decode='crm'` the one of least expected tree distance"
-        return _decode(x, self.func.hier, self.decode, self.axis)
-    def __repr__(self): return f"HierarchicalLoss({self.func.hier}, weights={self.weights}, temperature={self.temperature}" + (f", decode='{self.decode}')" if self.decode != 'argmax' else ')')
+        "The most likely fine class; with `decode='crm'` the one of least expected tree distance, with 'hedge' the node `climb` stops at"
+        return _decode(x, self.func.hier, self.decode, self.axis, self.threshold)
+    def __repr__(self): return f"HierarchicalLoss({self.func.hier}, weights={self.weights}, temperature={self.temperature}" + _decode_repr(self)
 
 # %% ../nbs/01_losses.ipynb #dfa2a3ca
 def _real_loss(lf):
