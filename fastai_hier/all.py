@@ -12,8 +12,10 @@ from .hierarchy import *
 from .losses import *
 from .topk import *
 from .hxe import *
+from .hedge import *
 from .metrics import *
 from .interpret import *
+from .tree_plot import *
 from .span import *
 from .level_schedule import *
 from .temperature import *
@@ -22,6 +24,6 @@ from .check import *
 from .pets import *
 from .backbone import *
 from .fashion_mnist import *
-from . import hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist
+from . import hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, losses, topk, hxe, metrics, interpret, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist) for n in m.__all__]
+__all__ = [n for m in (hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist) for n in m.__all__]
