@@ -48,7 +48,8 @@ class Hierarchy:
         if missing: raise ValueError(f"Classes of the vocab are missing from the hierarchy: {missing}. Give each of them a parent.")
         not_leaves = [v for v in vocab if v in inner]
         if not_leaves: raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine classes must be leaves.")
-        extra = [o for o in leaves if o not in set(vocab)]
+        in_vocab = set(vocab)
+        extra = [o for o in leaves if o not in in_vocab]
         if extra: raise ValueError(f"Hierarchy leaves are not in the vocab: {extra}. Remove them from the hierarchy or add them to the vocab.")
         paths = [_path_to_top(v, parents) for v in vocab]
         n = max(map(len, paths))
