@@ -213,6 +213,11 @@ class HierarchicalLoss(BaseLoss):
         _set_decode(self, decode, threshold)
         super().__init__(HierarchicalCrossEntropy, hier, weights, *args, axis=axis, **kwargs)
 
+    def _contiguous(self, x):
+        "As `BaseLoss`'s, but plain tensors: fastai's `TensorBase` costs ~15 µs an op, and `torch.compile` cannot trace it"
+        return _plain(x).transpose(self.axis, -1).contiguous() if isinstance(x, Tensor) else x
+    def __call__(self, inp:Tensor, targ:Tensor, **kwargs) -> TensorBase: return TensorBase(super().__call__(inp, targ, **kwargs))
+
     temperature = _inner_attr('temperature', "Logits are divided by it before the softmax")
     weights = _inner_attr('weights', "Weight of each level, by name")
 
