@@ -102,8 +102,8 @@ class _Missing(Metric):
     def name(self): return self.metric.name
 
 def _reads_level(metric, level):
-    "Whether `metric` can be computed on predictions over the classes of `level`"
-    return isinstance(metric, LevelAccuracy) and metric.level >= level
+    "Whether `metric` can be computed on predictions over the classes of `level`: a metric of one level of its `hier` (`LevelAccuracy`, `ECE(hier=, level=)`) reads that level or a finer one"
+    return isinstance(getattr(metric, 'hier', None), Hierarchy) and isinstance(getattr(metric, 'level', None), int) and metric.level >= level
 
 # %% ../nbs/30_coarse_to_fine.ipynb #3553ef4d
 class CoarseToFine(SpanCallback):
