@@ -115,8 +115,10 @@ class HierarchicalCrossEntropy(Module):
     @weights.setter
     def weights(self, v):
         self._weights = _level_weights(self.hier, v)
-        self._levels = [i for i,w in enumerate(self._weights) if i and w] # the coarser levels computed
-        self.register_buffer('_level_maps', self._maps[self._levels], persistent=False)
+        levels = [i for i,w in enumerate(self._weights) if i and w] # the coarser levels computed
+        if levels != getattr(self, '_levels', None): # a schedule sets the weights every batch: copy the maps only when the levels change
+            self._levels = levels
+            self.register_buffer('_level_maps', self._maps[levels], persistent=False)
         self.register_buffer('_level_weights', self._maps.new_tensor([self._weights[i] for i in [0]+self._levels], dtype=torch.float), persistent=False)
 
     def _check(self, inp, targ) -> bool: return _check_targets(inp, targ, self.hier, self.ignore_index)
