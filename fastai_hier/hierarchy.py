@@ -10,7 +10,7 @@ __all__ = ['Hierarchy']
 # %% ../nbs/00_hierarchy.ipynb #d20b1d13
 from fastai.torch_basics import *
 from fastai.data.transforms import CategoryMap
-import pandas as pd
+import pandas as pd, difflib
 
 # %% ../nbs/00_hierarchy.ipynb #7a73f1ee
 def _path_to_top(node, parents):
@@ -112,6 +112,36 @@ class Hierarchy:
             raise ValueError(f"Group {node[bad][0].item()} is out of range at level '{self.names[l]}', which has {self.n_classes[l]} groups (0..{self.n_classes[l]-1}).")
         res = self._on('_node_ids', node.device)[off[level] + node]
         return res.item() if scalar else res
+
+    @property
+    def n_nodes(self) -> int:
+        "How many node indices there are, `sum(n_classes)`: node indices go from 0 to `n_nodes - 1`"
+        return sum(self.n_classes)
+
+    @property
+    def _node_fine(self) -> Tensor:
+        "A fine class inside each node, by node index: the first of its group's fine classes"
+        first = [self.maps[i].new_full((n,), len(self)).scatter_reduce(0, self.maps[i], torch.arange(len(self)), 'amin') for i,n in enumerate(self.n_classes)]
+        return torch.cat(first)[self._node_ids]
+    @property
+    def _node_levels(self) -> Tensor:
+        "The level of each node, by node index: the finest level that has it"
+        return torch.cat([torch.full((n,), i) for i,n in enumerate(self.n_classes)])[self._node_ids]
+
+    def node_targets(self, targ:Tensor) -> tuple:
+        "A fine class inside each node of the node indices `targ`, and the node's level: `targ` defines that level and the coarser ones"
+        if targ.numel() and (targ.min() < 0 or targ.max() >= self.n_nodes):
+            raise ValueError(f"Target {targ[(targ < 0) | (targ >= self.n_nodes)][0].item()} is no node of this hierarchy: node indices go from 0 to {self.n_nodes-1} ({' + '.join(map(str, self.n_classes))} groups, finest first; see `node_index`). Check that the targets follow the hierarchy's vocab.")
+        return self._on('_node_fine', targ.device)[targ],self._on('_node_levels', targ.device)[targ]
+
+    def node_of(self, name) -> int:
+        "The node index of the fine class or group called `name`"
+        if 'node_of' not in self._cache: self._cache['node_of'] = {c:o for o,c in zip(self._node_ids.tolist(), (c for cls in self.classes for c in cls))}
+        res = self._cache['node_of'].get(name)
+        if res is None:
+            close = difflib.get_close_matches(str(name), [str(o) for o in self._cache['node_of']], n=3)
+            raise ValueError(f"Label {name!r} is no class or group of this hierarchy {self}" + (f"; close names: {close}" if close else '') + ". Fix the label, or add the class or group to the hierarchy.")
+        return res
 
     def node_level(self, index):
         "The `(level, group)` of node `index` (see `node_index`), at the finest level that has the node"
