@@ -30,16 +30,21 @@ def _level_weights(hier, weights):
     return [w/sum(res) for w in res] # relative: only their ratios count, so the loss keeps cross-entropy's scale
 
 # %% ../nbs/01_losses.ipynb #ffc72b00
-def _check_targets(inp, targ, hier, ignore_index=-100):
-    "Raise a clear error unless `inp` has one output per fine class of `hier` and `targ` are class indices of matching shape; `True` when the targets' range was checked too"
+def _check_targets(inp, targ, hier, ignore_index=-100, nodes=False):
+    "Raise a clear error unless `inp` has one output per fine class of `hier` and `targ` are class indices (with `nodes`, node indices) of matching shape; `True` when the targets' range was checked too"
     if targ.is_floating_point(): raise ValueError(f"The targets are floats ({targ.dtype}) but this loss takes class indices: give it integer targets (soft or one-hot labels are not supported).")
     n = hier.n_classes[0]
     if inp.shape[-1] != n: raise ValueError(f"The predictions have {inp.shape[-1]} classes on the class axis but the hierarchy has {n} fine classes ('{hier.names[0]}'). Give the model {n} outputs (a head built from a `dls.vocab` that matches the hierarchy), or set `axis` to the class axis.")
     if inp.shape[:-1] != targ.shape: raise ValueError(f"Predictions of shape {tuple(inp.shape)} do not match targets of shape {tuple(targ.shape)}: expected targets of shape {tuple(inp.shape[:-1])}.")
     # reading the values back would stall a GPU's queue and break `torch.compile`: there, bad targets give NaN instead
     if targ.device.type != 'cpu' or torch.compiler.is_compiling(): return False
-    bad = ((targ < 0) | (targ >= n)) & (targ != ignore_index)
-    if bad.any(): raise ValueError(f"Target class index {targ[bad][0].item()} is out of range for {n} classes (valid: 0..{n-1}, or ignore_index={ignore_index}). Check that the hierarchy's vocab is the dataloaders' vocab.")
+    top = hier.n_nodes if nodes else n
+    bad = ((targ < 0) | (targ >= top)) & (targ != ignore_index)
+    if not bad.any(): return True
+    t = targ[bad][0].item()
+    if nodes: raise ValueError(f"Target node index {t} is out of range for the {top} nodes of the hierarchy (valid: 0..{top-1}, see `Hierarchy.node_index`, or ignore_index={ignore_index}). Check that the hierarchy's vocab is the dataloaders' vocab.")
+    groups = f" Targets {n}..{hier.n_nodes-1} would be groups (partial labels): `HierarchicalLoss(..., partial_labels=True)` takes them." if n <= t < hier.n_nodes else ''
+    raise ValueError(f"Target class index {t} is out of range for {n} classes (valid: 0..{n-1}, or ignore_index={ignore_index}). Check that the hierarchy's vocab is the dataloaders' vocab.{groups}")
     return True
 
 # %% ../nbs/01_losses.ipynb #39ecc68d
@@ -62,7 +67,7 @@ def _plain(t, cls=Tensor):
     return t if type(t) is cls else t.as_subclass(cls)
 
 class _HierarchicalNLL(torch.autograd.Function):
-    "Per-item `-sum_l w_l log P_l(target's group)` from float32 logits `x` (N, C): `w[0]` weighs the fine level, and `w[l+1]` the coarser level at which `groups[l]` are the targets' groups and `members[l]` its `_members`"
+    "Per-item `-sum_l w_l log P_l(target's group)` from float32 logits `x` (N, C): `w[...,0]` weighs the fine level, and `w[...,l+1]` the coarser level at which `groups[l]` are the targets' groups and `members[l]` its `_members`; `w` is one row of weights, or one per item"
     @staticmethod
     def forward(ctx, x, targ, w, groups, members:list): # a list: dynamo mis-binds positional arguments followed by `*args`
         lp = F.log_softmax(F.pad(x, (0, 1), value=-float('inf')), -1) # the padding class's log-probability is -inf
@@ -70,7 +75,7 @@ class _HierarchicalNLL(torch.autograd.Function):
         lP = lp.new_empty(len(lp), len(members))
         for i,m in enumerate(members): lP[:,i] = lp.gather(-1, m.index_select(0, groups[i])).logsumexp(-1)
         ctx.save_for_backward(lp, targ, w, lP, groups, *members)
-        return -(torch.cat([lp.gather(-1, targ[:,None]), lP], -1) @ w)
+        return -(torch.cat([lp.gather(-1, targ[:,None]), lP], -1) * w).sum(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -97,12 +102,16 @@ class HierarchicalCrossEntropy(Module):
         temperature:float=1., # Logits are divided by it before the softmax
         ignore_index:int=-100, # Target value that contributes nothing (padding)
         reduction:str='mean', # 'mean', 'sum' or 'none'
+        partial_labels:bool=False, # Targets are node indices (`Hierarchy.node_index`): a group is an item labelled only that far, which counts at its level and the coarser ones
     ):
-        store_attr('hier,label_smoothing,temperature,ignore_index,reduction')
+        store_attr('hier,label_smoothing,temperature,ignore_index,reduction,partial_labels')
         self.register_buffer('weight', weight)
         # the tables the computation reads, as buffers: they follow `.to(device)` and are constants to `torch.compile`
         self.register_buffer('_maps', hier.maps, persistent=False)
         for i in range(1, hier.n_levels): self.register_buffer(f'_members{i}', _members(hier, i), persistent=False)
+        if partial_labels:
+            self.register_buffer('_node_fine', hier._node_fine, persistent=False)
+            self.register_buffer('_node_levels', hier._node_levels, persistent=False)
         self.weights = weights
 
     @property
@@ -119,9 +128,10 @@ class HierarchicalCrossEntropy(Module):
         if levels != getattr(self, '_levels', None): # a schedule sets the weights every batch: copy the maps only when the levels change
             self._levels = levels
             self.register_buffer('_level_maps', self._maps[levels], persistent=False)
+            self.register_buffer('_level_ids', tensor([0]+levels), persistent=False)
         self.register_buffer('_level_weights', self._maps.new_tensor([self._weights[i] for i in [0]+self._levels], dtype=torch.float), persistent=False)
 
-    def _check(self, inp, targ) -> bool: return _check_targets(inp, targ, self.hier, self.ignore_index)
+    def _check(self, inp, targ) -> bool: return _check_targets(inp, targ, self.hier, self.ignore_index, self.partial_labels)
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
         res_type,inp,targ = type(inp),_plain(inp),_plain(targ)
@@ -131,25 +141,33 @@ class HierarchicalCrossEntropy(Module):
             if self.temperature != 1: x = x / self.temperature
             keep = targ != self.ignore_index
             if not checked: # on a GPU or compiled: out-of-range targets are read as class 0, and their loss made NaN below
-                bad = keep & ((targ < 0) | (targ >= x.shape[-1]))
+                bad = keep & ((targ < 0) | (targ >= (self.hier.n_nodes if self.partial_labels else x.shape[-1])))
                 keep = keep & ~bad
             targ = targ.where(keep, 0)
             cw = None if self.weight is None else self.weight.float()
-            item_w = keep.float() if cw is None else cw[targ]*keep
-            if self.label_smoothing: loss = self._smoothed(x, targ, keep, cw, item_w)
-            else: loss = self._nll(x.reshape(-1, x.shape[-1]), targ.reshape(-1)).view(targ.shape)*item_w
+            item_w = keep.float() if cw is None else self._target_weights(cw)[targ]*keep
+            level = None
+            if self.partial_labels: targ,level = self._node_fine[targ],self._node_levels[targ] # a fine class inside the node stands for it
+            if self.label_smoothing: loss = self._smoothed(x, targ, keep, cw, item_w, level)
+            else: loss = self._nll(x.reshape(-1, x.shape[-1]), targ.reshape(-1), level if level is None else level.reshape(-1)).view(targ.shape)*item_w
             if not checked: loss = loss.masked_fill(bad, float('nan')) # never a plausible value
         if self.reduction == 'sum': loss = loss.sum()
         elif self.reduction != 'none': loss = loss.sum()/item_w.sum()
         return _plain(loss, res_type)
 
-    def _nll(self, x, targ):
-        "Per-item weighted NLL of the target's group at each level"
-        return _HierarchicalNLL.apply(x, targ, self._level_weights, self._level_maps.index_select(1, targ),
+    def _target_weights(self, cw):
+        "The weight of each target value: its class's, or with `partial_labels` its node's, the mean of its classes'"
+        if not self.partial_labels: return cw
+        return torch.cat([_group_mean(cw, self.hier, i) for i in range(self.hier.n_levels)])[self.hier._on('_node_ids', cw.device)]
+
+    def _nll(self, x, targ, level=None):
+        "Per-item weighted NLL of the target's group at each level; with `level`, at the levels from the target's up only"
+        w = self._level_weights if level is None else self._level_weights.where(self._level_ids >= level[:,None], 0.)
+        return _HierarchicalNLL.apply(x, targ, w, self._level_maps.index_select(1, targ),
                                       [getattr(self, f'_members{i}') for i in self._levels])
 
-    def _smoothed(self, x, targ, keep, cw, item_w):
-        "The loss with label smoothing, which needs every group's log-probability: log-sum-exps within the groups"
+    def _smoothed(self, x, targ, keep, cw, item_w, level=None):
+        "The loss with label smoothing, which needs every group's log-probability: log-sum-exps within the groups; with `level`, each item counts from its target's level up"
         lp,loss,top = F.log_softmax(x, dim=-1),0.,max(i for i,w in enumerate(self._weights) if w)
         for i,w in enumerate(self._weights[:top+1]):
             if i: lp = self.hier.logsumexp_to_parents(lp, i-1) # the groups of level i, from those of the level below
@@ -157,7 +175,8 @@ class HierarchicalCrossEntropy(Module):
             nll = -lp.gather(-1, self.hier.to_level(targ, i)[...,None])[...,0]*item_w
             # as `nn.CrossEntropyLoss`: each class's smoothing term has its own weight (a group's: its classes' mean)
             gw = 1. if cw is None else _group_mean(cw, self.hier, i)
-            loss = loss + w*((1-self.label_smoothing)*nll - self.label_smoothing*(lp*gw).mean(-1)*keep)
+            term = w*((1-self.label_smoothing)*nll - self.label_smoothing*(lp*gw).mean(-1)*keep)
+            loss = loss + (term if level is None else term*(level <= i))
         return loss
 
 # %% ../nbs/01_losses.ipynb #42c12c63
