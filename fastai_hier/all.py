@@ -24,6 +24,7 @@ from .check import *
 from .pets import *
 from .backbone import *
 from .fashion_mnist import *
-from . import hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist
+from .partial import *
+from . import hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist, partial
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist) for n in m.__all__]
+__all__ = [n for m in (hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist, partial) for n in m.__all__]
