@@ -11,7 +11,7 @@ __all__ = ['HedgeFit', 'climb', 'TensorNode', 'hedge_decode', 'HedgedAccuracy', 
 # %% ../nbs/08_hedge.ipynb #22fdbba4
 from fastai.basics import *
 from .hierarchy import *
-from .metrics import _flat, _check_idx, _distinct_nodes
+from .metrics import _flat, _node_targets, _distinct_nodes
 import numbers
 
 # %% ../nbs/08_hedge.ipynb #69e6d1c2
@@ -84,11 +84,12 @@ def _node_depths(hier:Hierarchy) -> Tensor:
     return torch.cat([d.new_zeros(n).scatter_(0, m, d) for n,m,d in zip(hier.n_classes, hier.maps, depth)])
 
 def _hedged(probs, targ, hier, threshold, name) -> tuple:
-    "Per item of flat `probs` and `targ`: whether `climb`'s node is the target's ancestor, its level, and its depth"
-    targ = _check_idx(targ, hier, 'targets', name).to(probs.device)
+    "Per item of flat `probs` and node targets `targ`: whether `climb`'s node and the target agree at the coarser of their levels, its level, and its depth"
+    fine,targ_level = (o.to(probs.device) for o in _node_targets(targ, hier, name))
     level,group = climb(probs, hier, threshold)
-    right = hier.ancestors(targ).gather(0, level[None])[0] == group
-    return right,level,_node_depths(hier).to(probs.device)[hier._on('_offsets', probs.device)[level] + group]
+    at = torch.maximum(level, targ_level)[None] # a node finer than its label is checked at the label's level
+    right = hier.ancestors(probs.argmax(-1)).gather(0, at) == hier.ancestors(fine).gather(0, at) # `climb`'s node is on the path of the argmax
+    return right[0],level,_node_depths(hier).to(probs.device)[hier._on('_offsets', probs.device)[level] + group]
 
 def _user_loss(learn):
     "The learner's own loss, also under `MixUp`"
@@ -119,7 +120,7 @@ class _HedgedMetric(Metric):
     def name(self): return f'hedged_{self._name}'
 
 class HedgedAccuracy(_HedgedMetric):
-    "Share of hedged predictions at `threshold` whose node is the target's ancestor at its level"
+    "Share of hedged predictions at `threshold` whose node is the target's ancestor at its level (for a partial label, that agree with it at the coarser of their levels)"
     _what,_name = 'right','accuracy'
 
 class HedgedCoverage(_HedgedMetric):
@@ -128,9 +129,11 @@ class HedgedCoverage(_HedgedMetric):
 
 # %% ../nbs/08_hedge.ipynb #bd706a57
 def _critical(probs, targ, hier):
-    "Per item, the probability `climb` must climb past to be right (-inf: right at the fine level, inf: never), and all the path's probabilities"
+    "Per item of the `(fine, level)` node targets `targ`, the probability `climb` must climb past to be right (-inf: right at the fine level, inf: never), and all the path's probabilities"
     _,groups,q = _path_probs(probs, hier)
-    first = (groups != hier.ancestors(targ)).sum(0) # the first level where it is right (a right group has right parents)
+    fine,level = targ
+    first = (groups != hier.ancestors(fine)).sum(0) # the first level where the path agrees with the target (a right group has right parents)
+    first = torch.where(first > level, first, 0)    # a label it agrees with at the label's level makes every node of the path right
     s = q.gather(-1, (first-1).clamp(0, hier.n_levels-1)[:,None])[:,0]
     return torch.where(first == 0, -math.inf, torch.where(first == hier.n_levels, math.inf, s)),q
 
@@ -140,7 +143,7 @@ def _check_target(acc):
 
 def hedge_threshold(
     probs:Tensor, # Probabilities over the fine classes of `hier`, e.g. `get_preds` outputs on held-out data
-    targ:Tensor, # Target fine class indices
+    targ:Tensor, # Target node indices (fine classes, or groups for partial labels)
     hier:Hierarchy, # Classes and their groups
     target_accuracy:float=0.95, # The share of hedged predictions that must be right
     axis:int=-1, # Class axis
@@ -148,8 +151,8 @@ def hedge_threshold(
     "The least `climb` threshold whose predictions are right for at least `target_accuracy` of the items"
     _check_target(target_accuracy)
     probs,targ = _flat(probs, targ, axis)
-    targ = _check_idx(targ, hier, 'targets', 'hedge_threshold').to(probs.device)
-    if not len(targ): raise ValueError("`hedge_threshold` got no items: it needs labelled held-out predictions.")
+    targ = [o.to(probs.device) for o in _node_targets(targ, hier, 'hedge_threshold')]
+    if not len(targ[0]): raise ValueError("`hedge_threshold` got no items: it needs labelled held-out predictions.")
     with torch.autocast(probs.device.type, enabled=False):
         s,q = _critical(_as_probs(probs, hier, -1, 'hedge_threshold'), targ, hier)
     # right at `t` when `s < t`, so the accuracy only grows with `t`: the least `t` is just above the m-th smallest `s`
@@ -198,18 +201,18 @@ def fit_hedge(self:Learner,
     right,level,depth = _hedged(probs, targ, lf.func.hier, t, 'fit_hedge')
     lf.threshold,lf.decode = t,'hedge'
     def _mean(x): return x.double().mean().item() # not float32: 360/400 must not read as below 0.9
-    return HedgeFit(t, _mean(right), _mean(level == 0), _mean(depth), _mean(probs.argmax(-1) == targ))
+    return HedgeFit(t, _mean(right), _mean(level == 0), _mean(depth), _mean(_hedged(probs, targ, lf.func.hier, 0., 'fit_hedge')[0]))
 
 # %% ../nbs/08_hedge.ipynb #8a63f062
 def risk_coverage(
     probs:Tensor, # Probabilities over the fine classes of `hier`
-    targ:Tensor, # Target fine class indices
+    targ:Tensor, # Target node indices (fine classes, or groups for partial labels)
     hier:Hierarchy, # Classes and their groups
     axis:int=-1, # Class axis
 ) -> tuple: # thresholds, coverage, risk: 1-d tensors, thresholds increasing
     "Coverage (share of `climb`'s predictions at the fine level) and risk (share wrong) at each threshold where a prediction changes"
     probs,targ = _flat(probs, targ, axis)
-    targ = _check_idx(targ, hier, 'targets', 'risk_coverage').to(probs.device)
+    targ = [o.to(probs.device) for o in _node_targets(targ, hier, 'risk_coverage')]
     with torch.autocast(probs.device.type, enabled=False):
         p = _as_probs(probs, hier, -1, 'risk_coverage')
         s,q = _critical(p, targ, hier)

@@ -35,6 +35,7 @@ class HierarchicalInterpretation(ClassificationInterpretation):
         self.hier.check_vocab(self.vocab, 'The hierarchy of `HierarchicalInterpretation`')
         if preds is None: preds = learn.get_preds(dl=dl, with_decoded=True, act=act)
         self.probs,self.targs,self.decoded = preds
+        if (self.targs >= len(self.hier)).any(): raise ValueError(f"Some targets are groups, not fine classes (node indices >= {len(self.hier)}): partial labels. `HierarchicalInterpretation` compares fine classes at every level, and fastai's methods read the targets from `dls.vocab`: interpret fully labelled items, e.g. `from_learner(learn, dl=learn.dls.test_dl(items, with_labels=True))` with the items that have a fine class.")
         if (self.decoded >= len(self.hier)).any(): raise ValueError(f"Some decoded predictions are groups, not fine classes (node indices >= {len(self.hier)}): the loss decodes with 'hedge'. `HierarchicalInterpretation` compares fine classes: set `learn.loss_func.decode = 'argmax'` (or 'crm') first.")
         self.fine_vocab,self._level = self.vocab,0
 

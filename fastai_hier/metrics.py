@@ -23,6 +23,30 @@ def _check_width(inp, hier, name):
     n = hier.n_classes[0]
     if inp.shape[-1] != n: raise ValueError(f"{name} got predictions with {inp.shape[-1]} classes but the hierarchy has {n} fine classes ('{hier.names[0]}'): the model's outputs must follow the hierarchy's vocab.")
 
+def _check_idx(x, hier, what, name):
+    "`x` as a tensor of fine class indices of `hier`, or of node indices for `what='targets'`, or a clear error"
+    x = torch.as_tensor(x)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name} got {what} of dtype {x.dtype}: give fine class indices (integers){', e.g. `logits.argmax(-1)`' if what == 'predictions' else ''}.")
+    nodes = what == 'targets' # a target may be a group: a partial label
+    n = hier.n_nodes if nodes else len(hier)
+    if x.numel() and (x.min() < 0 or x.max() >= n):
+        has = f"{n} nodes ({len(hier)} fine classes, then the groups; see `Hierarchy.node_index`)" if nodes else f"{n} fine classes"
+        raise ValueError(f"{name} got {what} from {x.min().item()} to {x.max().item()}, but the hierarchy has {has}: indices go from 0 to {n-1}.")
+    return x
+
+def _node_targets(targ, hier, name):
+    "A fine class inside each target node, and the node's level: the target defines that level and the coarser ones"
+    return hier.node_targets(_check_idx(targ, hier, 'targets', name))
+
+def _defined(level, hier):
+    "`(n_levels, *level.shape)` bools: whether each level is defined by targets of node level `level`, theirs and the coarser ones"
+    return torch.arange(hier.n_levels, device=level.device).view(-1, *[1]*level.ndim) >= level
+
+def _distance(pred, fine, level, hier):
+    "Tree distance between fine classes `pred` and the targets' `fine` classes of node level `level` (broadcast), over the levels the targets define"
+    return ((hier.ancestors(pred) != hier.ancestors(fine)) & _defined(level, hier)).sum(0)
+
 # %% ../nbs/02_metrics.ipynb #5fab569c
 def top_k_accuracy(inp, targ, k=5, axis=-1):
     "Fraction of targets among the `k` highest predictions along `axis`"
@@ -52,40 +76,52 @@ def _input_level(inp, hier, level, name):
     raise ValueError(f"{name} got predictions with {w} classes but the hierarchy has {hier.n_classes[0]} fine classes ('{hier.names[0]}'), and {coarse}: give predictions over the fine classes (the model's outputs must follow the hierarchy's vocab) or over a level up to '{hier.names[i]}'.")
 
 # %% ../nbs/02_metrics.ipynb #f92b30f4
-def level_accuracy(inp, targ, hier, level, axis=-1):
-    "Accuracy after mapping predictions (by summed probabilities) and targets to `level` of `hier`; predictions may be over the fine classes or those of any level up to `level`"
-    inp,targ = _flat(inp, targ, axis)
+def _level_counts(inp, targ, hier, level, axis=-1):
+    "Float sums of the right predictions at `level` and of the items whose target defines it"
+    level,(inp,targ) = hier.level(level),_flat(inp, targ, axis)
+    fine,node_level = _node_targets(targ, hier, 'LevelAccuracy')
     log_probs = inp.float().log_softmax(-1)
     log_probs = spread_to_fine(log_probs, hier, _input_level(inp, hier, level, 'LevelAccuracy'))
     pred = hier.coarsen(log_probs, level).argmax(-1)
-    return (pred == hier.to_level(targ, level)).float().mean()
+    defined = node_level <= level
+    return ((pred == hier.to_level(fine, level)) & defined).float().sum(),defined.float().sum()
+
+def level_accuracy(inp, targ, hier, level, axis=-1):
+    "Accuracy after mapping predictions (by summed probabilities) and targets to `level` of `hier`, over the items whose target defines `level` (NaN if none does); predictions may be over the fine classes or those of any level up to `level`"
+    right,n = _level_counts(inp, targ, hier, level, axis)
+    return right/n
 
 # %% ../nbs/02_metrics.ipynb #dbe881b3
-class LevelAccuracy(AvgMetric):
-    "Accuracy at `level` of `hier`; the column is named after the level"
+class LevelAccuracy(Metric):
+    "Accuracy at `level` of `hier` over the items whose target defines it; the column is named after the level"
     def __init__(self,
         hier:Hierarchy, # Classes and their groups
         level:str|int, # The level, by name or index; `level` keeps its index
         axis:int=-1, # Class axis
     ):
-        self.hier,self.level = hier,hier.level(level)
+        self.hier,self.level,self.axis = hier,hier.level(level),axis
         self.level_name = hier.names[self.level]
-        super().__init__(partial(level_accuracy, hier=hier, level=self.level, axis=axis))
+    def reset(self): self.total,self.count = 0.,0.
+    def accumulate(self, learn):
+        # sums, not batch means: batches weigh by their items that define the level; distributed training averages both sums across processes
+        right,n = _level_counts(learn.pred, *learn.yb, self.hier, self.level, self.axis)
+        self.total,self.count = self.total+learn.to_detach(right),self.count+learn.to_detach(n)
+    @property
+    def value(self): return self.total/self.count if self.count else None
     @property
     def name(self): return f'{self.level_name}_accuracy'
 
 # %% ../nbs/02_metrics.ipynb #70ac6cb0
 class MistakeSeverity(Metric):
-    "Mean tree distance between target and prediction over the wrong top-1 predictions"
+    "Mean tree distance between target and prediction over the wrong top-1 predictions, on the levels each target defines"
     def __init__(self, hier:Hierarchy, axis:int=-1): store_attr()
     def reset(self): self.total,self.count = 0.,0
     def accumulate(self, learn):
         inp,targ = _flat(learn.pred, *learn.yb, axis=self.axis)
         _check_width(inp, self.hier, 'MistakeSeverity')
-        pred = inp.argmax(-1)
-        wrong = pred != targ
-        self.total += learn.to_detach(self.hier.distance(targ[wrong], pred[wrong]).float().sum())
-        self.count += learn.to_detach(wrong.sum().float()) # float: distributed training averages it across processes
+        d = _distance(inp.argmax(-1), *_node_targets(targ, self.hier, 'MistakeSeverity'), self.hier)
+        self.total += learn.to_detach(d.float().sum())
+        self.count += learn.to_detach((d > 0).sum().float()) # float: distributed training averages it across processes
     @property
     def value(self): return self.total/self.count if self.count else None
     @property
@@ -93,11 +129,12 @@ class MistakeSeverity(Metric):
 
 # %% ../nbs/02_metrics.ipynb #7a28539e
 def hierarchical_distance(inp, targ, hier, k=1, axis=-1):
-    "Mean tree distance between the target and each of the top `k` predictions"
+    "Mean tree distance between the target and each of the top `k` predictions, on the levels the target defines"
     inp,targ = _flat(inp, targ, axis)
     _check_width(inp, hier, 'HierarchicalDistance')
     topk = inp.topk(min(k, inp.shape[-1]), dim=-1).indices
-    return hier.distance(targ[:,None].expand_as(topk), topk).float().mean()
+    fine,level = _node_targets(targ, hier, 'HierarchicalDistance')
+    return _distance(topk, fine[:,None], level[:,None], hier).float().mean()
 
 # %% ../nbs/02_metrics.ipynb #bce6b997
 class HierarchicalDistance(AvgMetric):
@@ -114,25 +151,15 @@ def _distinct_nodes(hier:Hierarchy) -> Tensor:
     names = [list(c[m.tolist()]) for c,m in zip(hier.classes, hier.maps)]
     return tensor([[True]*len(hier)] + [[a != b for a,b in zip(up, down)] for down,up in zip(names, names[1:])])
 
-def _check_idx(x, hier, what, name):
-    "`x` as a tensor of fine class indices of `hier`, or a clear error"
-    x = torch.as_tensor(x)
-    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise ValueError(f"{name} got {what} of dtype {x.dtype}: give fine class indices (integers){', e.g. `logits.argmax(-1)`' if what == 'predictions' else ''}.")
-    n = len(hier)
-    if x.numel() and (x.min() < 0 or x.max() >= n):
-        raise ValueError(f"{name} got {what} from {x.min().item()} to {x.max().item()}, but the hierarchy has {n} fine classes: indices go from 0 to {n-1}.")
-    return x
-
 def _prf_counts(pred, targ, hier, nodes=None, name='hierarchical_prf'):
-    "Sums over the items of |P∩T|, |P| and |T|: P and T the distinct nodes on the paths of `pred` and `targ`, root excluded"
-    pred,targ = _check_idx(pred, hier, 'predictions', name),_check_idx(targ, hier, 'targets', name)
-    if pred.shape != targ.shape: raise ValueError(f"{name} got predictions of shape {tuple(pred.shape)} and targets of shape {tuple(targ.shape)}: give one fine class index per item in each.")
-    pred,targ = pred.reshape(-1),targ.reshape(-1).to(pred.device)
+    "Sums over the items of |P∩T|, |P| and |T|: P the distinct nodes on the path of `pred`, T the target node and its ancestors, root excluded"
+    pred,(fine,level) = _check_idx(pred, hier, 'predictions', name),_node_targets(targ, hier, name)
+    if pred.shape != fine.shape: raise ValueError(f"{name} got predictions of shape {tuple(pred.shape)} and targets of shape {tuple(fine.shape)}: give one index per item in each.")
+    pred,fine,level = pred.reshape(-1),fine.reshape(-1).to(pred.device),level.reshape(-1).to(pred.device)
     nodes = ifnone(nodes, _distinct_nodes(hier)).to(pred.device)
-    in_p,in_t = nodes[:,pred],nodes[:,targ]
+    in_p,in_t = nodes[:,pred],nodes[:,fine] & _defined(level, hier)
     # a node both paths hold is at the same level in both, and is new in both there
-    both = (hier.ancestors(pred) == hier.ancestors(targ)) & in_p
+    both = (hier.ancestors(pred) == hier.ancestors(fine)) & in_t
     return both.sum(),in_p.sum(),in_t.sum()
 
 def _prf(both, n_pred, n_targ):
@@ -142,7 +169,7 @@ def _prf(both, n_pred, n_targ):
 # %% ../nbs/02_metrics.ipynb #a55bbd5c
 def hierarchical_prf(
     pred, # Predicted fine class indices, e.g. `logits.argmax(-1)`
-    targ, # Target fine class indices, of the same shape
+    targ, # Target node indices (fine classes, or groups for partial labels), of the same shape
     hier:Hierarchy, # Classes and their groups
 ) -> tuple: # hP, hR and hF, floats
     "Hierarchical precision, recall and F1 (Kiritchenko et al. 2005) of fine class indices `pred` for targets `targ`, micro-averaged over the items"

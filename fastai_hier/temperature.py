@@ -14,7 +14,7 @@ from fastai.callback.schedule import *
 from fastai.callback.mixup import MixHandler
 from .hierarchy import Hierarchy
 from .losses import HierarchicalLoss, HierarchicalCrossEntropy, _real_loss, _check_temperature
-from .metrics import _flat, _input_level, _check_idx
+from .metrics import _flat, _input_level, _check_idx, _node_targets
 from .interpret import _loss_hier
 from .span import SpanCallback
 
@@ -101,15 +101,19 @@ def _calibration_bins(probs, targ, n_bins, pred=None):
 def _ece(count, conf, right): return ((right - conf).abs().sum()/count.sum()).item() if count.sum() else None
 
 def _level_bins(probs, targ, n_bins, hier, level, name, pred=None):
-    "`_calibration_bins` of flat `probs` at `level` of `hier`: each group's probability is the sum of its classes'"
+    "`_calibration_bins` of flat `probs` at `level` of `hier`, over the items whose node target defines it: each group's probability is the sum of its classes'"
     _check_ece_args(n_bins, hier, level, name)
-    if hier is None: return _calibration_bins(probs, targ, n_bins, pred)
-    i,targ = hier.level(level),_check_idx(targ, hier, 'targets', name)
+    if hier is None:
+        if targ.numel() and targ.max() >= probs.shape[-1]:
+            raise ValueError(f"{name} got target {targ.max().item()} for predictions over {probs.shape[-1]} classes: a group's node index (a partial label) needs the hierarchy, `hier=hier`, to measure the levels it defines.")
+        return _calibration_bins(probs, targ, n_bins, pred)
+    i,(fine,node_level) = hier.level(level),_node_targets(targ, hier, name)
+    keep = node_level <= i # the items that define the level
     with torch.autocast(probs.device.type, enabled=False):
-        probs = probs.float()
+        probs = probs[keep.to(probs.device)].float()
         for j in range(_input_level(probs, hier, i, name), i): probs = hier.sum_to_parents(probs, j)
-    if pred is not None: pred = hier.to_level(_check_idx(pred, hier, 'predictions', name).to(targ.device), i)
-    return _calibration_bins(probs, hier.to_level(targ, i), n_bins, pred)
+    if pred is not None: pred = hier.to_level(_check_idx(pred, hier, 'predictions', name).to(fine.device)[keep], i)
+    return _calibration_bins(probs, hier.to_level(fine[keep], i), n_bins, pred)
 
 def expected_calibration_error(
     probs:Tensor, # Probabilities, classes along `axis`
@@ -117,7 +121,7 @@ def expected_calibration_error(
     n_bins:int=15, # Equal-width confidence bins
     axis:int=-1, # Class axis
     pred:Tensor=None, # The predicted classes, one per item, if not the most probable (e.g. `crm_decode`'s); fine classes with `hier`
-    hier:Hierarchy=None, # Classes and their groups, to measure at `level`; `targ` are then its fine class indices
+    hier:Hierarchy=None, # Classes and their groups, to measure at `level`; `targ` are then its node indices (fine classes, or groups for partial labels)
     level:str|int=0, # Level of `hier` whose summed probabilities are measured, by name or index; 0: the fine classes
 ) -> float:
     "Gap between confidence and accuracy of the top-1 (or `pred`) predictions, averaged over `n_bins` confidence bins; with `hier`, of the groups of `level`"
