@@ -17,6 +17,7 @@ from .hierarchy import *
 from .losses import *
 from .hxe import *
 from .metrics import *
+from .metrics import _distance
 from .pets import *
 from .partial import HierarchyBlock, coarsen_labels
 from .temperature import TemperatureSchedule, expected_calibration_error

@@ -195,6 +195,7 @@ def fit_temperature(self:Learner,
     if targ.is_floating_point(): raise ValueError(f"`fit_temperature` needs class-index targets, got {targ.dtype}: it calibrates single-label classifiers.")
     keep = targ != getattr(lf, 'ignore_index', -100)
     logits,targ = logits[keep].float(),targ[keep]
+    if (targ >= logits.shape[-1]).any(): raise ValueError(f"`fit_temperature` minimises the NLL of the fine classes, but {int((targ >= logits.shape[-1]).sum())} held-out target(s) are groups (partial labels): fit it on fully labelled held-out data, `dl=learn.dls.test_dl(items, with_labels=True)`.")
     with torch.autocast(logits.device.type, enabled=False):
         t = _fit_log_temperature(logits, targ, t0, max_iter)
         if _nll(logits, targ, t) > _nll(logits, targ, t0): t = t0 # never worse on the data it was fit on

@@ -93,3 +93,10 @@ def _worker(out):
 if __name__ == '__main__':
     torch.set_num_threads(1)
     _worker(sys.argv[1])
+
+def test_fit_temperature_refuses_group_targets():
+    "The temperature minimises the fine classes' NLL, which a group label does not define"
+    learn = _learner(PREDS, TARGS, [])
+    with pytest.raises(ValueError, match=r"3 held-out target\(s\) are groups \(partial labels\): fit it on fully labelled held-out data"): learn.fit_temperature()
+    keep = [i for i,t in enumerate(TARGS) if t < len(HIER)]
+    assert _learner([PREDS[i] for i in keep], [TARGS[i] for i in keep], []).fit_temperature().temperature > 0
