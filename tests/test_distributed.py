@@ -20,14 +20,14 @@ def _free_port():
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
-def _launch(out:Path, *args, tries=3):
-    "Run the worker in 2 processes; the JSON of each rank, and its parameters where it saved them"
+def _launch(out:Path, *args, script:Path=HERE/'distributed_worker.py', tries=3):
+    "Run `script` (the worker) in 2 processes; the JSON of each rank, and its parameters where it saved them"
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
                PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get('PYTHONPATH')] if p))
     for i in range(tries):
         port = _free_port() # another process may take it before the launcher binds it: then try another
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-               '--master_port', str(port), str(HERE/'distributed_worker.py'), str(out), *args]
+               '--master_port', str(port), str(script), str(out), *args]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
         if res.returncode == 0 or 'address already in use' not in (res.stdout + res.stderr).lower(): break
     assert res.returncode == 0, f'{res.stdout[-3000:]}\n{res.stderr[-5000:]}'

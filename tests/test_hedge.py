@@ -1,5 +1,5 @@
 "Hedged predictions (`fastai_hier.hedge`) inside real fastai learners on the PETS sample: export and `load_learner`, `MixUp`, half precision, a ragged tree, distributed metrics"
-import json, os, pickle, subprocess, sys, textwrap
+import json, pickle, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
 from fastai.vision.all import (URLs, Categorize, DataLoaders, Learner, MixUp, load_learner, nn, rank_distrib, resnet18, set_seed,
@@ -210,14 +210,8 @@ def _synthetic(out):
 def test_distributed_metrics(tmp_path):
     "Each rank sees half of the items; the values are those of one process, also where `DistributedDL` pads 7 items to 8"
     pytest.importorskip('accelerate')
-    from test_distributed import _free_port
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
-               PYTHONPATH=os.pathsep.join(p for p in [str(HERE.parent), str(HERE), os.environ.get('PYTHONPATH')] if p))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-           '--master_port', str(_free_port()), __file__, str(tmp_path)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=HERE.parent)
-    assert r.returncode == 0, r.stderr[-5000:]
-    r0,r1 = (json.loads((tmp_path/f'rank{k}.json').read_text()) for k in (0, 1))
+    from test_distributed import _launch
+    (r0,r1),_ = _launch(tmp_path, script=Path(__file__))
     assert r0['distributed'] == r1['distributed']
     assert r0['distributed'] == pytest.approx(r0['single'])
     assert r0['single'] == pytest.approx({'even HedgedAccuracy': 1., 'even HedgedCoverage': .5, 'odd HedgedAccuracy': 1., 'odd HedgedCoverage': 4/7})

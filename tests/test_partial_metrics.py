@@ -1,6 +1,6 @@
 """Partial labels (node-index targets) in the metrics of a real `Learner`: `validate()` against the formulas written by hand,
 and `LevelAccuracy` in fastai's distributed training (two CPU processes, gloo), which this file runs as its worker"""
-import json, math, os, subprocess, sys
+import json, math, sys
 from pathlib import Path
 import pytest, torch
 from fastai.basics import DataLoaders, Learner, nn, tensor
@@ -66,14 +66,8 @@ def test_other_metrics_in_a_learner():
 def test_level_accuracy_distributed(tmp_path):
     "Both sums are averaged across the processes: the ratio is that of the whole set, on both ranks"
     pytest.importorskip('accelerate')
-    from test_distributed import _free_port
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
-               PYTHONPATH=os.pathsep.join(p for p in [str(HERE.parent), str(HERE), os.environ.get('PYTHONPATH')] if p))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-           '--master_port', str(_free_port()), __file__, str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=HERE.parent)
-    assert res.returncode == 0, f'{res.stdout[-3000:]}\n{res.stderr[-5000:]}'
-    r0,r1 = [json.loads((tmp_path/f'rank{r}.json').read_text()) for r in (0, 1)]
+    from test_distributed import _launch
+    (r0,r1),_ = _launch(tmp_path, script=Path(__file__))
     hand = _hand()
     assert r0['distributed'] == r1['distributed']
     assert r0['distributed'] == pytest.approx([hand['fine'], hand['coarse']], rel=1e-6)
