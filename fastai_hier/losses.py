@@ -45,7 +45,6 @@ def _check_targets(inp, targ, hier, ignore_index=-100, nodes=False):
     if nodes: raise ValueError(f"Target node index {t} is out of range for the {top} nodes of the hierarchy (valid: 0..{top-1}, see `Hierarchy.node_index`, or ignore_index={ignore_index}). Check that the hierarchy's vocab is the dataloaders' vocab.")
     groups = f" Targets {n}..{hier.n_nodes-1} would be groups (partial labels): `HierarchicalLoss(..., partial_labels=True)` takes them." if n <= t < hier.n_nodes else ''
     raise ValueError(f"Target class index {t} is out of range for {n} classes (valid: 0..{n-1}, or ignore_index={ignore_index}). Check that the hierarchy's vocab is the dataloaders' vocab.{groups}")
-    return True
 
 # %% ../nbs/01_losses.ipynb #39ecc68d
 def _group_mean(x, hier, level):
@@ -149,7 +148,7 @@ class HierarchicalCrossEntropy(Module):
             level = None
             if self.partial_labels: targ,level = self._node_fine[targ],self._node_levels[targ] # a fine class inside the node stands for it
             if self.label_smoothing: loss = self._smoothed(x, targ, keep, cw, item_w, level)
-            else: loss = self._nll(x.reshape(-1, x.shape[-1]), targ.reshape(-1), level if level is None else level.reshape(-1)).view(targ.shape)*item_w
+            else: loss = self._nll(x.reshape(-1, x.shape[-1]), targ.reshape(-1), None if level is None else level.reshape(-1)).view(targ.shape)*item_w
             if not checked: loss = loss.masked_fill(bad, float('nan')) # never a plausible value
         if self.reduction == 'sum': loss = loss.sum()
         elif self.reduction != 'none': loss = loss.sum()/item_w.sum()
