@@ -60,7 +60,7 @@ def test_command_trains_on_one_percent(tmp_path):
 @pytest.mark.parametrize('argv,msg', [
     (['--size', '32'], "Fashion-MNIST's images are 28 px"),
     (['--freeze-epochs', '1'], 'fashion_cnn has no pretrained body to freeze'),
-    (['--per-breed', '2'], 'leave out --data, --hierarchy and --per-breed'),
+    (['--per-breed', '2'], 'leave out --data, --hierarchy, --labels and --per-breed'),
     (['--train-pct', '0'], '--train-pct 0'),
     (['--train-pct', '150'], 'at most 100'),
 ])
@@ -74,7 +74,7 @@ def test_sweeps_validate_the_final_model_only(data):
     images, labels, test_idx = data
     hier = fashion_mnist_hierarchy()
     (_, t, v), = _splits(labels, 0, 0, test_idx, 1)
-    dls = make_dls(images, labels, hier.vocab, v, bs=32, train_idx=t)
+    dls = make_dls(images, labels, hier, v, bs=32, train_idx=t)
     learn, log = train_run(dls, hier, config('ce'), 'fashion_cnn', False, epochs=3, freeze_epochs=0, lr=1e-2, quiet=True, final_only=True)
     assert log.valid_loss.isna().tolist() == [True, True, False] and log.train_loss.notna().all()
     probs, targ = learn.get_preds()
