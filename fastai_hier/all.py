@@ -9,22 +9,31 @@ __all__ = []
 
 # %% ../nbs/90_all.ipynb #46fd1db7
 from .hierarchy import *
+from .core import *
+from .decode import *
 from .losses import *
-from .topk import *
-from .hxe import *
-from .hedge import *
 from .metrics import *
+from .hedge import *
+from .calibration import *
+from .callback.span import *
+from .callback.temperature import *
+from .callback.coarse_to_fine import *
+from .callback.level_schedule import *
+from .check import *
 from .interpret import *
 from .tree_plot import *
-from .span import *
-from .level_schedule import *
-from .temperature import *
-from .coarse_to_fine import *
-from .check import *
-from .pets import *
-from .backbone import *
-from .fashion_mnist import *
 from .partial import *
-from . import hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist, partial
+from .data.pets import *
+from .data.backbone import *
+from .data.fashion_mnist import *
+from . import calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tree_plot
+from .callback import span, temperature, coarse_to_fine, level_schedule
+from .data import pets, backbone, fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, losses, topk, hxe, hedge, metrics, interpret, tree_plot, span, level_schedule, temperature, coarse_to_fine, check, pets, backbone, fashion_mnist, partial) for n in m.__all__]
+__all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, span, temperature, coarse_to_fine,
+                       level_schedule, check, interpret, tree_plot, partial, pets, backbone, fashion_mnist)
+           for n in m.__all__]
+
+def __getattr__(name): # a renamed name still imports, with a warning that names the new one
+    from fastai_hier.renames import old_name
+    return old_name(name, __name__)

@@ -11,16 +11,30 @@ __all__ = ['Hierarchy']
 from fastai.torch_basics import *
 from fastai.data.transforms import CategoryMap
 import pandas as pd, difflib
+from .renames import warn_renamed
 
 # %% ../nbs/00_hierarchy.ipynb #7a73f1ee
 def _path_to_top(node, parents):
-    "`node` and its ancestors, finest first; raises on a cycle"
+    "`node` and its ancestors, finest first"
     path = [node]
-    while path[-1] in parents:
-        p = parents[path[-1]]
-        if p in path: raise ValueError(f"The hierarchy has a cycle: {' -> '.join(map(str, path+[p]))}. Each class needs one chain of parents up to a top group.")
-        path.append(p)
+    while path[-1] in parents: path.append(parents[path[-1]])
     return path
+
+def _check_acyclic(parents:dict):
+    "Raise a clear error if a class is its own parent or ancestor: each chain of parents must end at a top group"
+    done = set() # nodes whose chain reaches a top group
+    for node in parents:
+        path,seen = [],set()
+        while node in parents and node not in done:
+            if node in seen:
+                cycle = path[path.index(node):] + [node]
+                what = (f"{node!r} is its own parent" if len(cycle) == 2 else
+                        f"the hierarchy has a cycle: {' -> '.join(map(repr, cycle))}")
+                raise ValueError(f"In a hierarchy each class needs one chain of parents up to a top group, but {what}. "
+                                 "Give it a parent that is not below it (a top group has no parent).")
+            path.append(node); seen.add(node)
+            node = parents[node]
+        done.update(path)
 
 # %% ../nbs/00_hierarchy.ipynb #b8ca1fcb
 def _dups(xs): return sorted((x for x,n in collections.Counter(xs).items() if n>1), key=str)
@@ -28,7 +42,8 @@ def _dups(xs): return sorted((x for x,n in collections.Counter(xs).items() if n>
 def _as_idx(x, what) -> Tensor:
     "`x` as a tensor of integers, or a clear error"
     x = torch.as_tensor(x)
-    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool: raise ValueError(f"The {what} must be integers, got {x.dtype}.")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"The {what} must be integers, got {x.dtype}.")
     return x.long()
 
 # %% ../nbs/00_hierarchy.ipynb #cbc59c45
@@ -36,37 +51,57 @@ class Hierarchy:
     "A tree over class names with named levels, finest first; the classes at level 0 follow `vocab`"
     def __init__(self,
         parents:dict, # Child -> parent, for every node below the top level
-        vocab:list=None, # Fine classes in the model's output order (e.g. `dls.vocab`); default: the leaves in `CategoryMap` order (sorted), as `dls.vocab` has them
+        # Fine classes in the model's output order (e.g. `dls.vocab`); default: the leaves in `CategoryMap` order
+        # (sorted), as `dls.vocab` has them
+        vocab:list=None,
         names:list=None, # One name per level, finest first; default `fine`, `level1`, `level2`...
     ):
         parents = dict(parents)
+        _check_acyclic(parents)
         inner = set(parents.values())
         leaves = list(CategoryMap(set(parents)-inner)) # fastai's order, so that the default matches `dls.vocab`
         vocab = leaves if vocab is None else list(vocab)
-        if _dups(vocab): raise ValueError(f"The vocab has duplicate classes: {_dups(vocab)}.")
+        if not vocab:
+            why = "`vocab` is empty." if parents else "no child -> parent links were given."
+            raise ValueError(f"The hierarchy has no fine classes: {why}"
+                             + " Give each fine class a parent, e.g. `Hierarchy.from_parents({'pug': 'dog', 'Persian': "
+                               "'cat'})`.")
+        if _dups(vocab):
+            raise ValueError(f"The vocab has duplicate classes: {_dups(vocab)}.")
         missing = [v for v in vocab if v not in parents and v not in inner]
-        if missing: raise ValueError(f"Classes of the vocab are missing from the hierarchy: {missing}. Give each of them a parent.")
+        if missing:
+            raise ValueError(f"Classes of the vocab are missing from the hierarchy: {missing}. Give each of them a "
+                             f"parent.")
         not_leaves = [v for v in vocab if v in inner]
-        if not_leaves: raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine classes must be leaves.")
+        if not_leaves:
+            raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine "
+                             f"classes must be leaves.")
         in_vocab = set(vocab)
         extra = [o for o in leaves if o not in in_vocab]
-        if extra: raise ValueError(f"Hierarchy leaves are not in the vocab: {extra}. Remove them from the hierarchy or add them to the vocab.")
+        if extra:
+            raise ValueError(f"Hierarchy leaves are not in the vocab: {extra}. Remove them from the hierarchy or add "
+                             f"them to the vocab.")
         paths = [_path_to_top(v, parents) for v in vocab]
         n = max(map(len, paths))
         if names is None: names = ['fine'] + [f'level{i}' for i in range(1, n)]
         names = list(names)
-        if len(names) != n: raise ValueError(f"{len(names)} level names {names} for a hierarchy of {n} levels (fine classes included): give one name per level, finest first.")
-        if _dups(names): raise ValueError(f"Level names must be unique; repeated: {_dups(names)}.")
+        if len(names) != n:
+            raise ValueError(f"{len(names)} level names {names} for a hierarchy of {n} levels (fine classes included): "
+                             f"give one name per level, finest first.")
+        if _dups(names):
+            raise ValueError(f"Level names must be unique; repeated: {_dups(names)}.")
         paths = [[p[0]]*(n-len(p)) + p for p in paths] # align at the top
         self.names,self.vocab,self.parents = names,L(vocab),parents
         self.classes = [L(list(dict.fromkeys(p[i] for p in paths))) for i in range(n)]
-        self.maps = tensor([[o2i[p[i]] for p in paths] for i,o2i in enumerate(c.val2idx() for c in self.classes)]).long()
+        o2is = [c.val2idx() for c in self.classes]
+        self.maps = tensor([[o2i[p[i]] for p in paths] for i,o2i in enumerate(o2is)]).long()
         # `ups[i][g]`: the group at level i+1 that holds group g of level i; sums climb the tree one level at a time
-        self.ups = [self.maps[i].new_zeros(self.n_classes[i]).scatter_(0, self.maps[i], self.maps[i+1]) for i in range(n-1)]
+        self.ups = [m.new_zeros(k).scatter_(0, m, up) for m,up,k in zip(self.maps, self.maps[1:], self.n_classes)]
         self._distances,self._cache = None,{}
 
-    def _on(self, name, device):
-        "Tensor attribute `name` on `device`, copied there once"
+    def table(self, name:str, device) -> Tensor:
+        ("The tensor table `name` of this hierarchy (`'maps'`, `'ups'`, `'offsets'`, `'node_ids'`...) on `device`, "
+         "copied there once")
         key = name,str(device)
         if key not in self._cache: self._cache[key] = to_device(getattr(self, name), device)
         return self._cache[key]
@@ -81,36 +116,43 @@ class Hierarchy:
         "Index of `level`, given by name or index"
         if isinstance(level, int) and -self.n_levels <= level < self.n_levels: return level % self.n_levels
         if level in self.names: return self.names.index(level)
-        raise ValueError(f"Unknown level {level!r}: this hierarchy's levels are {self.names} (finest first), or their indices 0..{self.n_levels-1}.")
+        raise ValueError(f"Unknown level {level!r}: this hierarchy's levels are {self.names} (finest first), or their "
+                         f"indices 0..{self.n_levels-1}.")
 
     def to_level(self, targ:Tensor, level) -> Tensor:
         "Map fine class indices `targ` to their ancestors' indices at `level`"
-        return self._on('maps', targ.device)[self.level(level)][targ]
+        return self.table('maps', targ.device)[self.level(level)][targ]
 
     @property
-    def _offsets(self) -> Tensor:
+    def offsets(self) -> Tensor:
         "Where the groups of each level start among the node indices, and their total: `[0, n_0, n_0+n_1, ...]`"
         return tensor([0, *itertools.accumulate(self.n_classes)]).long()
     @property
-    def _node_ids(self) -> Tensor:
-        "The node index of every group of every level, in `_offsets` order: a leaf that stands for itself at a coarser level is its fine class"
+    def node_ids(self) -> Tensor:
+        ("The node index of every group of every level, in `offsets` order: a leaf that stands for itself at a "
+         "coarser level is its fine class")
         o2i = {c:i for i,c in enumerate(self.vocab)} # only leaves are repeated, and no leaf is a group
-        return tensor([o2i.get(c, o+g) for o,cls in zip(self._offsets.tolist(), self.classes) for g,c in enumerate(cls)]).long()
+        offsets = self.offsets.tolist()
+        return tensor([o2i.get(c, o+g) for o,cls in zip(offsets, self.classes) for g,c in enumerate(cls)]).long()
 
     def node_index(self, level, node):
-        "One integer per node: fine class `i` is `i`, group `g` of `level` is `sum(n_classes[:level]) + g`; a leaf that stands for itself at a coarser level is its fine class"
+        ("One integer per node: fine class `i` is `i`, group `g` of `level` is `sum(n_classes[:level]) + g`; a leaf "
+         "that stands for itself at a coarser level is its fine class")
         scalar = not isinstance(level, Tensor) and not isinstance(node, Tensor)
         node = _as_idx(node, 'node')
-        level = _as_idx(level, 'level').to(node.device) if isinstance(level, Tensor) else tensor(self.level(level), device=node.device)
+        if isinstance(level, Tensor): level = _as_idx(level, 'level').to(node.device)
+        else: level = tensor(self.level(level), device=node.device)
         level,node = torch.broadcast_tensors(level, node)
         if ((level < 0) | (level >= self.n_levels)).any():
-            raise ValueError(f"Level {level[(level < 0) | (level >= self.n_levels)][0].item()} is out of range: this hierarchy's levels are 0..{self.n_levels-1} {self.names}, finest first.")
-        off = self._on('_offsets', node.device)
+            raise ValueError(f"Level {level[(level < 0) | (level >= self.n_levels)][0].item()} is out of range: this "
+                             f"hierarchy's levels are 0..{self.n_levels-1} {self.names}, finest first.")
+        off = self.table('offsets', node.device)
         bad = (node < 0) | (node >= off[level+1] - off[level])
         if bad.any():
             l = level[bad][0].item()
-            raise ValueError(f"Group {node[bad][0].item()} is out of range at level '{self.names[l]}', which has {self.n_classes[l]} groups (0..{self.n_classes[l]-1}).")
-        res = self._on('_node_ids', node.device)[off[level] + node]
+            raise ValueError(f"Group {node[bad][0].item()} is out of range at level '{self.names[l]}', which has "
+                             f"{self.n_classes[l]} groups (0..{self.n_classes[l]-1}).")
+        res = self.table('node_ids', node.device)[off[level] + node]
         return res.item() if scalar else res
 
     @property
@@ -119,38 +161,50 @@ class Hierarchy:
         return sum(self.n_classes)
 
     @property
-    def _node_fine(self) -> Tensor:
+    def node_fine(self) -> Tensor:
         "A fine class inside each node, by node index: the first of its group's fine classes"
-        first = [self.maps[i].new_full((n,), len(self)).scatter_reduce(0, self.maps[i], torch.arange(len(self)), 'amin') for i,n in enumerate(self.n_classes)]
-        return torch.cat(first)[self._node_ids]
+        fine = torch.arange(len(self))
+        first = [m.new_full((n,), len(self)).scatter_reduce(0, m, fine, 'amin')
+                 for m,n in zip(self.maps, self.n_classes)]
+        return torch.cat(first)[self.node_ids]
     @property
-    def _node_levels(self) -> Tensor:
+    def node_levels(self) -> Tensor:
         "The level of each node, by node index: the finest level that has it"
-        return torch.cat([torch.full((n,), i) for i,n in enumerate(self.n_classes)])[self._node_ids]
+        return torch.cat([torch.full((n,), i) for i,n in enumerate(self.n_classes)])[self.node_ids]
 
     def node_targets(self, targ:Tensor) -> tuple:
-        "A fine class inside each node of the node indices `targ`, and the node's level: `targ` defines that level and the coarser ones"
+        ("A fine class inside each node of the node indices `targ`, and the node's level: `targ` defines that level "
+         "and the coarser ones")
         if targ.numel() and (targ.min() < 0 or targ.max() >= self.n_nodes):
-            raise ValueError(f"Target {targ[(targ < 0) | (targ >= self.n_nodes)][0].item()} is no node of this hierarchy: node indices go from 0 to {self.n_nodes-1} ({' + '.join(map(str, self.n_classes))} groups, finest first; see `node_index`). Check that the targets follow the hierarchy's vocab.")
-        return self._on('_node_fine', targ.device)[targ],self._on('_node_levels', targ.device)[targ]
+            raise ValueError(f"Target {targ[(targ < 0) | (targ >= self.n_nodes)][0].item()} is no node of this "
+                             f"hierarchy: node indices go from 0 to {self.n_nodes-1} "
+                             f"({' + '.join(map(str, self.n_classes))} groups, finest first; see `node_index`). Check "
+                             f"that the targets follow the hierarchy's vocab.")
+        return self.table('node_fine', targ.device)[targ],self.table('node_levels', targ.device)[targ]
 
     def node_of(self, name) -> int:
         "The node index of the fine class or group called `name`"
-        if 'node_of' not in self._cache: self._cache['node_of'] = {c:o for o,c in zip(self._node_ids.tolist(), (c for cls in self.classes for c in cls))}
+        if 'node_of' not in self._cache:
+            names = (c for cls in self.classes for c in cls)
+            self._cache['node_of'] = {c:o for o,c in zip(self.node_ids.tolist(), names)}
         res = self._cache['node_of'].get(name)
         if res is None:
             close = difflib.get_close_matches(str(name), [str(o) for o in self._cache['node_of']], n=3)
-            raise ValueError(f"Label {name!r} is no class or group of this hierarchy {self}" + (f"; close names: {close}" if close else '') + ". Fix the label, or add the class or group to the hierarchy.")
+            hint = f"; close names: {close}" if close else ''
+            raise ValueError(f"Label {name!r} is no class or group of this hierarchy {self}{hint}. "
+                             "Fix the label, or add the class or group to the hierarchy.")
         return res
 
-    def node_level(self, index):
+    def level_and_group(self, index) -> tuple:
         "The `(level, group)` of node `index` (see `node_index`), at the finest level that has the node"
         scalar = not isinstance(index, Tensor)
         index = _as_idx(index, 'node index')
         n = sum(self.n_classes)
         if index.numel() and (index.min() < 0 or index.max() >= n):
-            raise ValueError(f"Node indices go from 0 to {n-1} in this hierarchy ({' + '.join(map(str, self.n_classes))} groups, finest first), got {index.min().item()} to {index.max().item()}.")
-        index,off = self._on('_node_ids', index.device)[index],self._on('_offsets', index.device)
+            raise ValueError(f"Node indices go from 0 to {n-1} in this hierarchy "
+                             f"({' + '.join(map(str, self.n_classes))} groups, finest first), got {index.min().item()} "
+                             f"to {index.max().item()}.")
+        index,off = self.table('node_ids', index.device)[index],self.table('offsets', index.device)
         level = torch.searchsorted(off, index, right=True) - 1
         node = index - off[level]
         return (level.item(), node.item()) if scalar else (level, node)
@@ -161,19 +215,58 @@ class Hierarchy:
         idx = self.node_index(level, node)
         return names[idx] if isinstance(idx, int) else [names[i] for i in idx.flatten().tolist()]
 
+    def node_level(self, index):
+        "Deprecated: `level_and_group`, which says what it returns"
+        warn_renamed('Hierarchy.level_and_group', 'Hierarchy.level_and_group')
+        return self.level_and_group(index)
+
+    def group_sizes(self, level) -> Tensor:
+        "The number of fine classes in each group of `level`"
+        i = self.level(level)
+        return torch.bincount(self.maps[i], minlength=self.n_classes[i])
+
+    def group_ancestors(self, level, to_level) -> Tensor:
+        "The group at the coarser `to_level` that holds each group of `level`: `ups` over several levels"
+        m = self.maps
+        i,j = self.level(level),self.level(to_level)
+        return torch.zeros(self.n_classes[i], dtype=torch.long).scatter_(0, m[i], m[j])
+
+    def members(self, level) -> Tensor:
+        "The fine classes of each group of `level`, a row per group, padded with `len(self)` (a class that is none)"
+        m,counts = self.maps[self.level(level)],self.group_sizes(level)
+        order,pos = m.argsort(stable=True),torch.arange(int(counts.max()))
+        first = (counts.cumsum(0) - counts)[:,None]
+        return torch.where(pos < counts[:,None], order[(first + pos).clamp_max(len(m)-1)], len(m))
+
+    @property
+    def distinct_nodes(self) -> Tensor:
+        ("`(n_levels, n_fine)` bools: whether the group of each fine class at each level is a node not met below it "
+         "(a leaf that stands for itself at coarser levels is one node)")
+        names = [list(c[m.tolist()]) for c,m in zip(self.classes, self.maps)]
+        return tensor([[True]*len(self)] + [[a != b for a,b in zip(up, down)] for down,up in zip(names, names[1:])])
+
+    @property
+    def node_depths(self) -> Tensor:
+        ("The depth of every group of every level, in `offsets` order: the distinct nodes from it up to the top (1 "
+         "for a top group)")
+        new = self.distinct_nodes.long()
+        depth = new.flip(0).cumsum(0).flip(0) - new + 1
+        return torch.cat([d.new_zeros(n).scatter_(0, m, d) for n,m,d in zip(self.n_classes, self.maps, depth)])
+
     def ancestors(self, targ:Tensor) -> Tensor:
         "The group of each fine class index in `targ` at every level, finest first: shape `(n_levels, *targ.shape)`"
-        return self._on('maps', targ.device)[:,targ]
+        return self.table('maps', targ.device)[:,targ]
 
     def coarsen(self, log_probs:Tensor, level) -> Tensor:
-        "Log-probabilities at `level` from fine log-probabilities on the last axis: the log of each group's summed probability"
+        ("Log-probabilities at `level` from fine log-probabilities on the last axis: the log of each group's summed "
+         "probability")
         for i in range(self.level(level)): log_probs = self.logsumexp_to_parents(log_probs, i)
         return log_probs
 
     def logsumexp_to_parents(self, x:Tensor, level) -> Tensor:
         "Log-sum-exps over the groups of `level + 1` of the log-values `x` over the groups of `level`, on the last axis"
         i = self.level(level)
-        idx = self._on('ups', x.device)[i].expand_as(x)
+        idx = self.table('ups', x.device)[i].expand_as(x)
         shape = (*x.shape[:-1], self.n_classes[i+1])
         # shift by each group's max so that nothing under- or overflows
         gmax = x.detach().new_full(shape, -float('inf')).scatter_reduce(-1, idx, x.detach(), 'amax')
@@ -184,11 +277,11 @@ class Hierarchy:
     def sum_to_parents(self, x:Tensor, level) -> Tensor:
         "Sums over the groups of `level + 1` of the values `x` over the groups of `level`, on the last axis"
         i = self.level(level)
-        return x.new_zeros(*x.shape[:-1], self.n_classes[i+1]).index_add_(-1, self._on('ups', x.device)[i], x)
+        return x.new_zeros(*x.shape[:-1], self.n_classes[i+1]).index_add_(-1, self.table('ups', x.device)[i], x)
 
     def copy_to_children(self, x:Tensor, level) -> Tensor:
         "Each group of `level - 1` gets the value in `x` of its parent group of `level`, on the last axis"
-        return x.index_select(-1, self._on('ups', x.device)[self.level(level)-1])
+        return x.index_select(-1, self.table('ups', x.device)[self.level(level)-1])
 
     @property
     def distances(self) -> Tensor:
@@ -199,8 +292,9 @@ class Hierarchy:
         return self._distances
 
     def distance(self, a:Tensor, b:Tensor) -> Tensor:
-        "Tree distance between fine class indices `a` and `b` (broadcast), on their device: the number of levels where they differ"
-        return sum((m[a] != m[b]).long() for m in self._on('maps', a.device))
+        ("Tree distance between fine class indices `a` and `b` (broadcast), on their device: the number of levels "
+         "where they differ")
+        return sum((m[a] != m[b]).long() for m in self.table('maps', a.device))
 
     @property
     def df(self) -> pd.DataFrame:
@@ -221,13 +315,18 @@ class Hierarchy:
         return '\n'.join(l for top in self.classes[-1] for l in [str(top), *_lines(top, '')])
 
     def check_vocab(self, vocab:list, what:str='This hierarchy'):
-        "Raise unless `vocab` (e.g. `dls.vocab`) lists this hierarchy's fine classes in the same order: class `i` must be output `i`"
+        ("Raise unless `vocab` (e.g. `dls.vocab`) lists this hierarchy's fine classes in the same order: class `i` "
+         "must be output `i`")
         vocab = list(vocab)
         if vocab == list(self.vocab): return
         if len(vocab) != len(self) or set(vocab) != set(self.vocab):
-            raise ValueError(f"{what} has {len(self)} fine classes and `dls.vocab` {len(vocab)}, not the same ones (in the vocab only: {[o for o in vocab if o not in self.vocab][:5]}; in the hierarchy only: {[o for o in self.vocab if o not in vocab][:5]}): build the hierarchy on `dls.vocab`.")
+            raise ValueError(f"{what} has {len(self)} fine classes and `dls.vocab` {len(vocab)}, not the same ones (in "
+                             f"the vocab only: {[o for o in vocab if o not in self.vocab][:5]}; in the hierarchy only: "
+                             f"{[o for o in self.vocab if o not in vocab][:5]}): build the hierarchy on `dls.vocab`.")
         diff = ', '.join(f"{i}: {a!r} vs {b!r}" for i,(a,b) in enumerate(zip(vocab, self.vocab)) if a != b)
-        raise ValueError(f"{what} orders its fine classes unlike `dls.vocab`, so class indices would be mislabelled; first differing positions (dls.vocab vs hierarchy) {diff[:300]}. Build the hierarchy with `vocab=dls.vocab`.")
+        raise ValueError(f"{what} orders its fine classes unlike `dls.vocab`, so class indices would be mislabelled; "
+                         f"first differing positions (dls.vocab vs hierarchy) {diff[:300]}. Build the hierarchy with "
+                         f"`vocab=dls.vocab`.")
 
     def __len__(self): return len(self.vocab)
     def __repr__(self):
@@ -240,7 +339,9 @@ def _add_chain(parents, chain):
     "Add the edges of `chain` (a class and its ancestors, finest first) to `parents`, refusing a second parent"
     chain = [o for o in chain if not _is_missing(o)]
     for c,p in zip(chain, chain[1:]):
-        if parents.get(c, p) != p: raise ValueError(f"{c!r} has two parents, {parents[c]!r} and {p!r}: in a hierarchy each class has one parent.")
+        if parents.get(c, p) != p:
+            raise ValueError(f"{c!r} has two parents, {parents[c]!r} and {p!r}: in a hierarchy each class has one "
+                             f"parent.")
         parents[c] = p
     return parents
 
@@ -248,7 +349,8 @@ def _add_chain(parents, chain):
 @patch(cls_method=True)
 def from_func(cls:Hierarchy,
     vocab:list, # Fine classes in the model's output order, e.g. `dls.vocab`
-    func:callable, # Fine class -> its parent, or a list of its ancestors finest first (`None` where a ragged path skips a level)
+    # Fine class -> its parent, or a list of its ancestors finest first (`None` where a ragged path skips a level)
+    func:callable,
     names:list=None, # One name per level, finest first
 ):
     "A `Hierarchy` over `vocab` from a function giving each class's parent (or ancestors)"
@@ -278,14 +380,20 @@ def from_df(cls:Hierarchy,
     names:list=None, # Level names; default: the column names
 ):
     "A `Hierarchy` from a DataFrame with one column per level"
-    if df.shape[1] < 2: raise ValueError(f"The table has {df.shape[1]} column {list(df.columns)}: a hierarchy needs one column per level, finest first. A CSV separated by ';' or tabs? Read it with `pd.read_csv(f, sep=None, engine='python')`.")
+    if df.shape[1] < 2:
+        raise ValueError(f"The table has {df.shape[1]} column {list(df.columns)}: a hierarchy needs one column per "
+                         f"level, finest first. A CSV separated by ';' or tabs? Read it with `pd.read_csv(f, sep=None, "
+                         f"engine='python')`.")
     try:
         parents = {}
         for row in df.itertuples(index=False): _add_chain(parents, list(row))
         return cls(parents, vocab, list(df.columns) if names is None else names)
     except ValueError as e:
         n0,n1 = df.iloc[:,0].nunique(),df.iloc[:,-1].nunique()
-        if n0 < n1: raise ValueError(f"{e} The columns go finest first, but the first, {df.columns[0]!r}, has {n0} distinct values and the last, {df.columns[-1]!r}, {n1}: reversed? Use `df[df.columns[::-1]]`.") from None
+        if n0 < n1:
+            raise ValueError(f"{e} The columns go finest first, but the first, {df.columns[0]!r}, has {n0} distinct "
+                             f"values and the last, {df.columns[-1]!r}, {n1}: reversed? "
+                             "Use `df[df.columns[::-1]]`.") from None
         raise
 
 # %% ../nbs/00_hierarchy.ipynb #ab595939
@@ -296,7 +404,8 @@ def _walk(tree, parent, parents):
         if parent is not None: _add_chain(parents, [node, parent])
         if sub is None: continue
         if isinstance(sub, str): sub = [sub]
-        if len(sub) == 0: raise ValueError(f"The group {node!r} is empty: give it children, or map it to None to make it a leaf.")
+        if len(sub) == 0:
+            raise ValueError(f"The group {node!r} is empty: give it children, or map it to None to make it a leaf.")
         _walk(sub, node, parents)
     return parents
 

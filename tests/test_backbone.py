@@ -2,8 +2,8 @@
 import timm, torch
 from PIL import Image
 from fastai.vision.all import untar_data, URLs, vision_learner
-from fastai_hier.backbone import LITE0_ARCH, lite0_port_file, lite0_to_timm, lite0_weights, lite0_pretrained
-from fastai_hier.pets import pets_files, pet_species
+from fastai_hier.data.backbone import LITE0_ARCH, lite0_port_file, lite0_to_timm, lite0_weights, lite0_pretrained
+from fastai_hier.data.pets import pets_files, pet_species
 
 def test_key_mapping_loads_strictly():
     model = timm.create_model(LITE0_ARCH, pretrained=False)

@@ -6,7 +6,7 @@ import numpy as np, pytest, torch
 from fastai.vision.all import URLs, CrossEntropyLossFlat, DataLoaders, Learner, MixUp, load_learner, nn, noop, rank_distrib, untar_data
 from fastcore.test import test_close as _close, test_fail as _fail
 from fastai_hier.all import Hierarchy, HierarchicalInterpretation, HierarchicalLoss, pets_dls, pets_hierarchy
-from fastai_hier.temperature import ECE, expected_calibration_error
+from fastai_hier.calibration import ECE, expected_calibration_error
 import fastai_hier.tree_plot # `Hierarchy.plot`
 from conftest import small_learner
 from test_learner import _BF16Autocast

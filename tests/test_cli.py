@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 from fastai.vision.all import untar_data, URLs
 from fastai_hier.cli import main
-from fastai_hier.pets import pets_files, pet_species
+from fastai_hier.data.pets import pets_files, pet_species
 
 def _run(*args): return subprocess.run([sys.executable, '-m', 'fastai_hier', *args], capture_output=True, text=True)
 
@@ -91,7 +91,7 @@ def test_no_network_for_pretrained_weights(tmp_path, monkeypatch, capsys):
 
 def test_pets_offline(tmp_path, monkeypatch, capsys):
     "Without PETS in fastai's data folder and without network: one line saying to give --data"
-    import fastai_hier.pets as pets
+    import fastai_hier.data.pets as pets
     def offline(*args, **kwargs): raise urllib.error.URLError('no network')
     monkeypatch.setattr(pets, 'untar_data', offline)
     code, err = _exit_code(['train', '--size', '32'], capsys)
@@ -123,7 +123,8 @@ def test_bad_study(tmp_path, capsys):
     assert code == 2 and "Configuration 'x'" in err, err
 
 def test_none_turns_a_callback_off_in_the_grid():
-    from fastai_hier.cli import _parser, grid_configs
+    from fastai_hier.cli.main import _parser
+    from fastai_hier.cli import grid_configs
     a = _parser().parse_args(['sweep', '--w', '0.5', '--temperatures', 'none,2', '--coarse-epochs', 'None,1'])
     names = [c['config'] for c in grid_configs(a.w, a.temperatures, a.coarse_epochs)]
     assert names == ['ce', 'hier w=0.5', 'hier w=0.5 coarse=1', 'hier w=0.5 T=2', 'hier w=0.5 T=2 coarse=1'], names
@@ -171,5 +172,5 @@ def test_offline_pets_leaves_no_lock_file(tmp_path, monkeypatch, capsys, request
 
 def test_fashion_mnist_not_installed(tmp_path):
     "Without Debian's package: the command that installs it, not a traceback"
-    from fastai_hier.fashion_mnist import fashion_mnist_root
+    from fastai_hier.data.fashion_mnist import fashion_mnist_root
     with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'): fashion_mnist_root(tmp_path/'none', tmp_path/'dest')

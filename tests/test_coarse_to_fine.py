@@ -8,7 +8,7 @@ from fastcore.test import test_close as _close
 from fastai_hier.hierarchy import Hierarchy
 from fastai_hier.losses import HierarchicalLoss
 from fastai_hier.metrics import LevelAccuracy, MistakeSeverity, spread_to_fine
-from fastai_hier.coarse_to_fine import CoarseToFine, output_linear, regroup_linear
+from fastai_hier.callback.coarse_to_fine import CoarseToFine, output_linear, regroup_linear
 from conftest import small_learner
 from test_learner import _BF16Autocast
 

@@ -1,8 +1,9 @@
 "Fashion-MNIST from Debian's package: the loader, the hierarchy, `--train-pct`, and a short run of the command"
 import collections
 import pandas as pd, pytest, torch
-from fastai_hier.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist, fashion_mnist_hierarchy, fashion_mnist_root, tensor_dls
-from fastai_hier.cli import main, stratified_subset, _splits
+from fastai_hier.data.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist, fashion_mnist_hierarchy, fashion_mnist_root, tensor_dls
+from fastai_hier.cli import main, stratified_subset
+from fastai_hier.cli.run import fold_splits
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"Fashion-MNIST is not installed ({FASHION_MNIST_DIR}): apt-get install -y dataset-fashion-mnist")
 
@@ -36,11 +37,11 @@ def test_hierarchy():
 @pytest.mark.parametrize('pct,per_class', [(1, 60), (10, 600)])
 def test_train_pct_is_stratified_and_follows_the_seed(data, pct, per_class):
     _, labels, test_idx = data
-    (_, t0, v0), = _splits(labels, 0, 0, test_idx, pct)
-    (_, t1, _), = _splits(labels, 0, 1, test_idx, pct)
+    (_, t0, v0), = fold_splits(labels, 0, 0, test_idx, pct)
+    (_, t1, _), = fold_splits(labels, 0, 1, test_idx, pct)
     assert list(v0) == list(test_idx) and not set(t0) & set(test_idx)
     assert set(collections.Counter(labels[i] for i in t0).values()) == {per_class}
-    assert t0 != t1 and t0 == _splits(labels, 0, 0, test_idx, pct)[0][1]
+    assert t0 != t1 and t0 == fold_splits(labels, 0, 0, test_idx, pct)[0][1]
 
 def test_root_is_decompressed_once(tmp_path):
     root = fashion_mnist_root(dest=tmp_path)
@@ -73,7 +74,7 @@ def test_sweeps_validate_the_final_model_only(data):
     from fastai_hier.cli import train_run, config, make_dls
     images, labels, test_idx = data
     hier = fashion_mnist_hierarchy()
-    (_, t, v), = _splits(labels, 0, 0, test_idx, 1)
+    (_, t, v), = fold_splits(labels, 0, 0, test_idx, 1)
     dls = make_dls(images, labels, hier, v, bs=32, train_idx=t)
     learn, log = train_run(dls, hier, config('ce'), 'fashion_cnn', False, epochs=3, freeze_epochs=0, lr=1e-2, quiet=True, final_only=True)
     assert log.valid_loss.isna().tolist() == [True, True, False] and log.train_loss.notna().all()

@@ -6,7 +6,7 @@ from fastai.vision.all import (URLs, Categorize, DataLoaders, Learner, MixUp, lo
                                tensor, untar_data, vision_learner)
 from fastcore.test import test_close as _close
 from fastai_hier.all import Hierarchy, HierarchicalLoss, pets_dls, pets_hierarchy
-from fastai_hier.hedge import (HedgedAccuracy, HedgedCoverage, TensorNode, _node_depths, climb, hedge_decode, hedge_threshold,
+from fastai_hier.all import (HedgedAccuracy, HedgedCoverage, TensorNode, climb, hedge_decode, hedge_threshold,
                                risk_coverage)
 
 HERE = Path(__file__).resolve().parent
@@ -122,19 +122,19 @@ def ragged():
 def test_ragged_tree(ragged):
     h = ragged
     i = h.vocab.val2idx()
-    depth = _node_depths(h)
+    depth = h.node_depths
     assert depth[[i['Persian'], i['pug'], 6 + 0, 6 + 2, 10]].tolist() == [2, 3, 2, 2, 1]
     p = (torch.randn(300, 6, generator=torch.Generator().manual_seed(0))*2).softmax(-1)
     for t in [0., 0.3, 0.6, 0.9, 1.]:
         level,group = climb(p, h, t)
         nodes = h.node_index(level, group)
         # a cat's prediction never stops at its copy at the `group` level: the same node, with the same probability, is finer
-        assert torch.equal(h.node_level(nodes)[0], level)
+        assert torch.equal(h.level_and_group(nodes)[0], level)
         cats = torch.isin(p.argmax(-1), tensor([i['Persian'], i['Siamese']]))
         assert not (cats & (level == 1)).any()
         assert set(h.node_name(level, group)) <= set(h.vocab) | {'terrier', 'toy', 'cat', 'dog'}
     # vocab: Persian, Siamese, boston_terrier, chihuahua, pug, scottish_terrier; the terriers have 0.35 + 0.25
-    assert h.node_name(*h.node_level(hedge_decode(tensor([[.05, .05, .35, .2, .1, .25]]), h, 0.5))) == ['terrier']
+    assert h.node_name(*h.level_and_group(hedge_decode(tensor([[.05, .05, .35, .2, .1, .25]]), h, 0.5))) == ['terrier']
 
 def test_ragged_threshold(ragged):
     h = ragged

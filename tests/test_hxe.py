@@ -2,11 +2,12 @@
 import math
 import pytest, torch
 from fastai.vision.all import CutMix, Learner, MixUp, load_learner, nn, set_seed, untar_data, URLs
-from fastai_hier.pets import pets_dls, pets_hierarchy
-from fastai_hier.losses import HierarchicalLoss, crm_decode
+from fastai_hier.data.pets import pets_dls, pets_hierarchy
+from fastai_hier.losses import HierarchicalLoss
+from fastai_hier.decode import crm_decode
 from fastai_hier.metrics import LevelAccuracy, MistakeSeverity
 from fastai_hier.check import check_loss
-from fastai_hier.hxe import HXELoss, SoftLabelsLoss
+from fastai_hier.losses import HXELoss, SoftLabelsLoss
 from test_learner import _BF16Autocast
 
 @pytest.fixture(scope='module')

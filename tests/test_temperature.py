@@ -6,7 +6,7 @@ from fastai.vision.all import (URLs, Callback, CrossEntropyLossFlat, CutMix, Mix
                                noop, resnet18, set_seed, untar_data)
 from fastcore.test import test_close as _close
 from fastai_hier.all import HierarchicalLoss, LevelAccuracy, pets_dls, pets_hierarchy
-from fastai_hier.temperature import (ECE, InferenceTemperature, TemperatureSchedule, TrainingTemperature,
+from fastai_hier.all import (ECE, InferenceTemperature, TemperatureSchedule, TrainingTemperature,
                                      expected_calibration_error)
 from conftest import small_learner
 from test_learner import _BF16Autocast

@@ -2,10 +2,10 @@
 import itertools, math
 import pytest, torch
 from fastai.vision.all import Learner, accuracy, nn, partial, resnet18, set_seed, untar_data, URLs, vision_learner
-from fastai_hier.pets import pets_dls
-from fastai_hier.metrics import top_k_accuracy
+from fastai_hier.data.pets import pets_dls
+from fastai_hier.metrics import flat_top_k_accuracy
 from fastai_hier.check import check_loss
-from fastai_hier.topk import LossCheck, SmoothTopKLoss, SmoothTopKSVM, log_esp
+from fastai_hier.all import LossCheck, SmoothTopKLoss, SmoothTopKSVM, log_esp
 from test_learner import _BF16Autocast
 
 @pytest.fixture(scope='module')
@@ -56,7 +56,7 @@ def test_log_esp_large_spread():
     assert res.isfinite().all()
     assert torch.allclose(res[0, 4], x.sum()) and torch.allclose(res[0, 1], torch.tensor(1e5, dtype=torch.float64))
 
-@pytest.mark.parametrize('loss_func', [accuracy, partial(top_k_accuracy, k=5)])
+@pytest.mark.parametrize('loss_func', [accuracy, partial(flat_top_k_accuracy, k=5)])
 def test_loss_check_in_vision_learner(tiny_dls, loss_func):
     learn = vision_learner(tiny_dls, resnet18, pretrained=False, loss_func=loss_func, cbs=LossCheck())
     with pytest.raises(ValueError, match='returned a value with no gradient.*not differentiable.*SmoothTopKLoss'):
@@ -66,7 +66,7 @@ def test_trains_under_bf16_autocast(tiny_dls):
     "A linear model on the images: bfloat16 convolutions are slow on a CPU, and the loss is what is under test"
     set_seed(0)
     learn = Learner(tiny_dls, nn.Sequential(nn.Flatten(), nn.Linear(3*32*32, 37)), loss_func=SmoothTopKLoss(k=5, tau=0.1),
-                    metrics=[accuracy, top_k_accuracy], cbs=[_BF16Autocast(), LossCheck()])
+                    metrics=[accuracy, flat_top_k_accuracy], cbs=[_BF16Autocast(), LossCheck()])
     learn.fit(1, 1e-3)
     cb = learn._bf16_autocast
     assert set(cb.pred_dtypes) == {torch.bfloat16} and set(cb.loss_dtypes) == {torch.float32}

@@ -1,0 +1,1 @@
+"Data helpers: Oxford PETS, Fashion-MNIST, and the offline EfficientNet-Lite0 backbone"
