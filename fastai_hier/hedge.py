@@ -124,7 +124,7 @@ def _held_out(learn, lf, ds_idx, dl, what):
         raise ValueError(f"{what} got no predictions: the held-out data (the validation set, or `dl`) is empty. Give "
                          f"labelled held-out data as `dl`, e.g. `learn.dls.test_dl(items, with_labels=True)`.")
     probs,targ = flatten_preds(probs, targ, lf.axis)
-    keep = targ != getattr(lf.func, 'ignore_index', -100)
+    keep = targ != getattr(loss_module(lf), 'ignore_index', -100)
     return probs[keep],targ[keep]
 
 @patch
@@ -138,11 +138,12 @@ def fit_hedge(self:Learner,
     lf = _hedge_loss(self, '`fit_hedge`')
     _check_target(target_accuracy) # before the predictions, which may take a while
     probs,targ = _held_out(self, lf, ds_idx, dl, '`fit_hedge`')
-    t = hedge_threshold(probs, targ, lf.func.hier, target_accuracy)
-    right,level,depth = _hedged(probs, targ, lf.func.hier, t, 'fit_hedge')
+    hier = loss_hier(lf)
+    t = hedge_threshold(probs, targ, hier, target_accuracy)
+    right,level,depth = _hedged(probs, targ, hier, t, 'fit_hedge')
     lf.threshold,lf.decode = t,'hedge'
     def _mean(x): return x.double().mean().item() # not float32: 360/400 must not read as below 0.9
-    fine_right = _hedged(probs, targ, lf.func.hier, 0., 'fit_hedge')[0]
+    fine_right = _hedged(probs, targ, hier, 0., 'fit_hedge')[0]
     return HedgeFit(t, _mean(right), _mean(level == 0), _mean(depth), _mean(fine_right))
 
 # %% ../nbs/21_hedge.ipynb #8a63f062
@@ -178,7 +179,7 @@ def plot_risk_coverage(self:Learner,
     "Risk against coverage of hedged predictions as the threshold goes from 0 to 1, with the loss's threshold marked"
     lf = _hedge_loss(self, '`plot_risk_coverage`')
     probs,targ = _held_out(self, lf, ds_idx, dl, '`plot_risk_coverage`')
-    t,cov,risk = risk_coverage(probs, targ, lf.func.hier)
+    t,cov,risk = risk_coverage(probs, targ, loss_hier(lf))
     if ax is None: _,ax = plt.subplots(figsize=(5, 4))
     ax.plot(cov, risk, **kwargs)
     if lf.threshold is not None:

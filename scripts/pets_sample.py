@@ -14,7 +14,7 @@ SHARED = Path(__file__).resolve().parents[2]/'shared'/'data'/'oxford-iiit-pet'/'
 def _images():
     "The sample's images: the shared ones, else 10 per breed of a PETS download"
     if SHARED.is_dir(): return sorted(SHARED.glob('*.jpg'))
-    from fastai_hier.pets import pets_files, pets_path
+    from fastai_hier.data.pets import pets_files, pets_path
     try: return list(pets_files(pets_path(), per_breed=10))
     except ConnectionError as e:
         raise SystemExit(f"The PETS sample is missing ({SHARED} does not exist), and {e} Put Oxford-IIIT Pet images in {SHARED} (10 per breed suffice), "

@@ -40,6 +40,17 @@ def readme_table() -> dict:
         if cells[0] != '`all`': res[cells[0].strip('`')] = set(re.findall(r'`([\w.]+)`', cells[3]))
     return res
 
+def test_readme_notebooks_are_the_sources():
+    "Each module's notebook in the README's table is the one whose `default_exp` writes it"
+    import json
+    text = (ROOT/'README.md').read_text()
+    sec = text[text.index('### Architecture'):]
+    rows = [[c.strip().strip('`') for c in l.strip('|').split('|')] for l in sec[:sec.index('\n\n', sec.index('|'))].splitlines()
+            if l.startswith('| `')]
+    for mod,nb,*_ in rows:
+        first = json.loads((ROOT/'nbs'/f'{nb}.ipynb').read_text())['cells'][0]
+        assert ''.join(first['source']).strip() == f'#| default_exp {mod}', (mod, nb)
+
 def test_no_private_name_crosses_a_module():
     assert {m: p for m,t in modules().items() if (p := private_imports(t))} == {}
 
@@ -66,3 +77,28 @@ def test_lines_and_raises():
     assert {f: n for f,n in sizes.items() if n > 400} == {}
     one_liners = [l.strip() for l in lines if re.match(r'\s*(if|elif|else|except|for|while|with)\b.*:\s*raise\b', l)]
     assert one_liners == []
+
+def test_every_subpackage_is_packaged():
+    "A wheel holds every subpackage: the `include` of `[tool.setuptools.packages.find]` matches them all"
+    import tomllib, setuptools
+    include = tomllib.loads((ROOT/'pyproject.toml').read_text())['tool']['setuptools']['packages']['find']['include']
+    dirs = {'.'.join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob('__init__.py')}
+    assert set(setuptools.find_packages(str(ROOT), include=include)) == dirs
+
+def fill_imports(nb=ROOT/'nbs'/'index.ipynb'):
+    "Rewrite the imports column of the Architecture table in the README's source from the package: `python tests/test_architecture.py`"
+    import json
+    graph = {m: sorted(imports(m, t)) for m,t in modules().items() if m != 'all'}
+    d = json.loads(nb.read_text())
+    for c in d['cells']:
+        src = ''.join(c['source'])
+        if '### Architecture' not in src: continue
+        def _row(m):
+            cells = [x.strip() for x in m[0].strip('|').split('|')]
+            mod = cells[0].strip('`')
+            if mod in graph: cells[3] = ', '.join(f'`{o}`' for o in graph[mod]) or '(fastai only)'
+            return '| ' + ' | '.join(cells) + ' |'
+        c['source'] = re.sub(r'^\| `[\w.]+` \|.*\|$', _row, src, flags=re.M).splitlines(keepends=True)
+    nb.write_text(json.dumps(d, indent=1, ensure_ascii=False) + '\n')
+
+if __name__ == '__main__': fill_imports()

@@ -48,7 +48,7 @@ class LevelWeightSchedule(SpanCallback):
         if not isinstance(lf, HierarchicalLoss):
             raise ValueError(f"`LevelWeightSchedule` sets the level weights of a `HierarchicalLoss`, but the learner's "
                              f"loss is {lf!r}: use `loss_func=HierarchicalLoss(hier, ...)`.")
-        self.hier_loss,self.weights = lf,[(e, check_level_weights(lf.func.hier, w)) for e,w in self.milestones]
+        self.hier_loss,self.weights = lf,[(e, check_level_weights(loss_hier(lf), w)) for e,w in self.milestones]
 
     def _start_fit(self):
         super()._start_fit()
