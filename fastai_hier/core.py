@@ -80,11 +80,12 @@ def check_level_weights(hier:Hierarchy, weights) -> list:
     else:
         raise ValueError(f"The level weights are {weights!r}: give a dict of level names, e.g. "
                          f"{{{hier.names[0]!r}: 0.7, {hier.names[-1]!r}: 0.3}}, or one weight per level, finest first.")
-    if not all(_is_real(w) or isinstance(w, (Tensor, np.ndarray)) and w.size == 1 for w in res):
+    if not all(_is_real(w) or isinstance(w, Tensor) and w.numel() == 1 for w in res):
         raise ValueError(f"Level weights must be numbers, got {res}.")
     res = [float(w) for w in res]
     if not all(math.isfinite(w) and w >= 0 for w in res) or sum(res) <= 0:
-        raise ValueError(f"Level weights must be non-negative and not all zero, got {dict(zip(hier.names, res))}.")
+        raise ValueError("Level weights must be finite, non-negative and not all zero, "
+                         f"got {dict(zip(hier.names, res))}.")
     return [w/sum(res) for w in res] # relative: only their ratios count, so the loss keeps cross-entropy's scale
 
 # %% ../nbs/02_core.ipynb #ffc72b00
