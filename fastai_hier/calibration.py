@@ -16,16 +16,16 @@ from .core import *
 def _check_ece_args(n_bins, hier, level, name):
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"`n_bins` is {n_bins!r}: give the number of confidence bins, a positive int. To measure at a "
-                         f"level of a hierarchy, pass it by name: `ECE(hier=hier, level='species')`.")
+                         "level of a hierarchy, pass it by name: `ECE(hier=hier, level='species')`.")
     if hier is None and level != 0:
         raise ValueError(f"{name} got `level={level!r}` but no hierarchy: pass the one whose levels it names, "
-                         f"`hier=hier`.")
+                         "`hier=hier`.")
 
 def _calibration_bins(probs, targ, n_bins, pred=None):
     "Per confidence bin: number of predictions, their summed confidence, number right"
     if targ.is_floating_point():
         raise ValueError(f"The calibration error needs class-index targets, got {targ.dtype} targets: it measures "
-                         f"single-label classifiers.")
+                         "single-label classifiers.")
     conf,pred = probs.float().max(-1) if pred is None else (probs.float().gather(-1, pred[...,None])[...,0], pred)
     idx = torch.bucketize(conf, torch.linspace(0, 1, n_bins+1, device=conf.device)[1:-1])
     def _sum(v): return torch.zeros(n_bins, dtype=torch.float64, device=conf.device).index_add_(0, idx, v.double())
@@ -40,8 +40,8 @@ def _level_bins(probs, targ, n_bins, hier, level, name, pred=None):
     if hier is None:
         if targ.numel() and targ.max() >= probs.shape[-1]:
             raise ValueError(f"{name} got target {targ.max().item()} for predictions over {probs.shape[-1]} classes: a "
-                             f"group's node index (a partial label) needs the hierarchy, `hier=hier`, to measure the "
-                             f"levels it defines.")
+                             "group's node index (a partial label) needs the hierarchy, `hier=hier`, to measure the "
+                             "levels it defines.")
         return _calibration_bins(probs, targ, n_bins, pred)
     i,(fine,node_level) = hier.level(level),check_node_targets(targ, hier, name)
     keep = node_level <= i # the items that define the level
@@ -146,13 +146,13 @@ def fit_temperature(self:Learner,
     logits,targ = flatten_preds(logits, targ, getattr(lf, 'axis', -1))
     if targ.is_floating_point():
         raise ValueError(f"`fit_temperature` needs class-index targets, got {targ.dtype}: it calibrates single-label "
-                         f"classifiers.")
+                         "classifiers.")
     keep = targ != getattr(lf, 'ignore_index', -100)
     logits,targ = logits[keep].float(),targ[keep]
     if (targ >= logits.shape[-1]).any():
-        raise ValueError(f"`fit_temperature` minimises the NLL of the fine classes, but "
+        raise ValueError("`fit_temperature` minimises the NLL of the fine classes, but "
                          f"{int((targ >= logits.shape[-1]).sum())} held-out target(s) are groups (partial labels): fit "
-                         f"it on fully labelled held-out data, `dl=learn.dls.test_dl(items, with_labels=True)`.")
+                         "it on fully labelled held-out data, `dl=learn.dls.test_dl(items, with_labels=True)`.")
     with torch.autocast(logits.device.type, enabled=False):
         t = _fit_log_temperature(logits, targ, t0, max_iter)
         if _nll(logits, targ, t) > _nll(logits, targ, t0): t = t0 # never worse on the data it was fit on

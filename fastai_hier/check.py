@@ -82,9 +82,9 @@ def _run_checks(probe:_Probe, names:list=None) -> list:
 def _scalar(c):
     out = c.loss(c.pred(), c.targ())
     _expect(isinstance(out, Tensor), f"returns a {type(out).__name__}, not a tensor: fastai calls `.backward()` on the "
-                                     f"loss, so compute it with torch operations.")
+                                     "loss, so compute it with torch operations.")
     _expect(out.ndim == 0, f"returns shape {tuple(out.shape)} under the default reduction: reduce it to a scalar "
-                           f"(`.mean()`), as fastai calls `loss.backward()` on it.")
+                           "(`.mean()`), as fastai calls `loss.backward()` on it.")
     _expect(out.is_floating_point(), f"returns a {out.dtype} tensor: a loss must be floating point to have a gradient.")
     return f"{float(out.detach()):.4g} ({out.dtype})"
 
@@ -161,7 +161,7 @@ def _mixup(c):
             "set the class attribute `y_int = True` (MixUp then mixes per-item losses), and honour `reduction`.")
     if c.targ().ndim > 1:
         raise _NotApplicable(f"MixUp mixes whole items, and these targets have shape {tuple(c.targ().shape)}: a loss "
-                             f"that is flattened "
+                             "that is flattened "
                                                "gives one value per position, which fastai's MixUp cannot mix, "
                                                "whatever the loss.")
     learn = _learner(c)
@@ -245,7 +245,7 @@ def _activation(c):
     # fastai's defaults (`noop`, `BaseLoss`'s `noops`) hand their input back
     missing = [n for n,inp,out in (('activation', x, p), ('decodes', p, dec(p))) if out is inp]
     _expect(not missing, f"no {' or '.join(f'`{n}`' for n in missing)}: `get_preds` would return raw logits and "
-                         f"`predict` could not name the class. "
+                         "`predict` could not name the class. "
             "Define `activation` (softmax on the class axis) and `decodes` (argmax), as `CrossEntropyLossFlat` does.")
     total = p.sum(c.axis)
     in_range = p.isfinite().all() and (p >= 0).all() and (p <= 1).all()
@@ -284,7 +284,7 @@ def _loaded(proc, f:str, ref:float) -> str:
                                   f"{_checks['export/load_learner'][1]}")
     if ref is None: return "loads in a fresh process"
     _expect(_close(float(out.split()[-1]), ref), f"the loaded loss gives {out.split()[-1]} instead of {ref:.6g}: some "
-                                                 f"of its state is lost in pickling.")
+                                                 "of its state is lost in pickling.")
     return "loads in a fresh process and gives the same loss"
 
 # %% ../nbs/40_check.ipynb #e14f739a
@@ -302,7 +302,7 @@ def _device(c):
     _expect(out.device == x.device, f"the loss of CPU predictions is on {out.device}: do not hard-code a device.")
     loose = _loose_tensors(c.loss)
     _expect(not loose, f"the tensor attributes {loose} are not registered buffers: `loss.to(device)`, which fastai "
-                       f"calls before training, leaves them on the CPU. "
+                       "calls before training, leaves them on the CPU. "
             "Store them with `self.register_buffer(name, tensor)` in an `nn.Module`.")
     dev = default_device()
     if dev.type == 'cpu': return "runs on the CPU (no GPU here to try)"
@@ -345,7 +345,7 @@ def _targets(n_classes, dls, hier):
         yb = b[getattr(dls, 'n_inp', len(b)-1):]
         if len(yb) != 1:
             raise ValueError(f"`dls` gives {len(yb)} targets per batch; check_loss checks losses with one target: pass "
-                             f"`n_classes=` instead.")
+                             "`n_classes=` instead.")
         c = getattr(dls, 'c', None)
         if n_classes is not None and c is not None and n_classes != c:
             raise ValueError(f"n_classes={n_classes} but `dls.c` is {c}: pass one of them.")
@@ -359,7 +359,7 @@ def _targets(n_classes, dls, hier):
         targ = torch.randint(0, n, (8,))
     if targ.is_floating_point() or targ.dtype == torch.bool:
         raise ValueError(f"The targets are {targ.dtype}: check_loss checks losses of single-label classifiers, whose "
-                         f"targets are class indices.")
+                         "targets are class indices.")
     return n,targ
 
 # %% ../nbs/40_check.ipynb #5031a79f

@@ -102,7 +102,7 @@ def check_targets(inp, targ, hier, ignore_index=-100, nodes=False) -> bool:
     if inp.shape[-1] != n:
         raise ValueError(f"The predictions have {inp.shape[-1]} classes on the class axis but the hierarchy has {n} "
                          f"fine classes ('{hier.names[0]}'). Give the model {n} outputs (a head built from a "
-                         f"`dls.vocab` "
+                         "`dls.vocab` "
                          "that matches the hierarchy), or set `axis` to the class axis.")
     if inp.shape[:-1] != targ.shape:
         raise ValueError(f"Predictions of shape {tuple(inp.shape)} do not match targets of shape {tuple(targ.shape)}: "

@@ -20,7 +20,7 @@ def as_probs(probs:Tensor, hier:Hierarchy, axis:int, name:str) -> Tensor:
     n = len(hier)
     if probs.shape[axis] != n:
         raise ValueError(f"`{name}` got {probs.shape[axis]} classes on axis {axis} but the hierarchy has {n} fine "
-                         f"classes: "
+                         "classes: "
                          "give probabilities over the classes of `hier.vocab`.")
     p = probs.movedim(axis, -1).float()
     # bf16 probabilities are rounded to 1/128

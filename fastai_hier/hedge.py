@@ -72,7 +72,7 @@ def _critical(probs, targ, hier):
 def _check_target(acc):
     if isinstance(acc, bool) or not isinstance(acc, numbers.Real) or not 0 < acc <= 1:
         raise ValueError(f"`target_accuracy` is {acc!r}: give the share of hedged predictions that must be right, "
-                         f"above 0 and at most 1, e.g. 0.95.")
+                         "above 0 and at most 1, e.g. 0.95.")
 
 def hedge_threshold(
     probs:Tensor, # Probabilities over the fine classes of `hier`, e.g. `get_preds` outputs on held-out data
@@ -97,7 +97,7 @@ def hedge_threshold(
         best,top = (s < 1).float().mean().item(),(s < math.inf).float().mean().item()
         raise ValueError(f"No threshold reaches {target_accuracy:.1%} hedged accuracy: at most {best:.1%} of these "
                          f"predictions are right (and {top:.1%} at the top level '{hier.names[-1]}'). Lower "
-                         f"`target_accuracy`, or train a better model.")
+                         "`target_accuracy`, or train a better model.")
     # halfway to the next probability where any prediction changes, so that rounding does not decide
     above = q[q > lo]
     hi = above.min().clamp_max(1.) if len(above) else lo.new_ones(())
@@ -122,7 +122,7 @@ def _held_out(learn, lf, ds_idx, dl, what):
     probs,targ = learn.get_preds(ds_idx, dl=dl)
     if probs is None or not len(probs):
         raise ValueError(f"{what} got no predictions: the held-out data (the validation set, or `dl`) is empty. Give "
-                         f"labelled held-out data as `dl`, e.g. `learn.dls.test_dl(items, with_labels=True)`.")
+                         "labelled held-out data as `dl`, e.g. `learn.dls.test_dl(items, with_labels=True)`.")
     probs,targ = flatten_preds(probs, targ, lf.axis)
     keep = targ != getattr(loss_module(lf), 'ignore_index', -100)
     return probs[keep],targ[keep]

@@ -30,20 +30,20 @@ class HierarchicalInterpretation(ClassificationInterpretation):
         self.hier = ifnone(hier, loss_hier(learn.loss_func))
         if self.hier is None:
             raise ValueError(f"The loss {learn.loss_func!r} has no hierarchy: pass it, "
-                             f"`HierarchicalInterpretation.from_learner(learn, hier=hier)`.")
+                             "`HierarchicalInterpretation.from_learner(learn, hier=hier)`.")
         self.hier.check_vocab(self.vocab, 'The hierarchy of `HierarchicalInterpretation`')
         if preds is None: preds = learn.get_preds(dl=dl, with_decoded=True, act=act)
         self.probs,self.targs,self.decoded = preds
         if (self.targs >= len(self.hier)).any():
             raise ValueError(f"Some targets are groups, not fine classes (node indices >= {len(self.hier)}): partial "
-                             f"labels. `HierarchicalInterpretation` compares fine classes at every level, and fastai's "
-                             f"methods read the targets from `dls.vocab`: interpret fully labelled items, e.g. "
-                             f"`from_learner(learn, dl=learn.dls.test_dl(items, with_labels=True))` with the items "
-                             f"that have a fine class.")
+                             "labels. `HierarchicalInterpretation` compares fine classes at every level, and fastai's "
+                             "methods read the targets from `dls.vocab`: interpret fully labelled items, e.g. "
+                             "`from_learner(learn, dl=learn.dls.test_dl(items, with_labels=True))` with the items "
+                             "that have a fine class.")
         if (self.decoded >= len(self.hier)).any():
-            raise ValueError(f"Some decoded predictions are groups, not fine classes (node indices >= "
+            raise ValueError("Some decoded predictions are groups, not fine classes (node indices >= "
                              f"{len(self.hier)}): the loss decodes with 'hedge'. `HierarchicalInterpretation` compares "
-                             f"fine classes: set `learn.loss_func.decode = 'argmax'` (or 'crm') first.")
+                             "fine classes: set `learn.loss_func.decode = 'argmax'` (or 'crm') first.")
         self.fine_vocab,self._level = self.vocab,0
 
     @classmethod

@@ -43,7 +43,7 @@ def _level_values(hier, level, v) -> np.ndarray:
                          f"value per node, in the order of `hier.classes[{i}]`, or a dict by node name.")
     if np.isinf(a).any():
         raise ValueError(f"{what} has infinite values at {list(classes[np.isinf(a)][:5])}: give finite numbers, or NaN "
-                         f"for a node without a value.")
+                         "for a node without a value.")
     return a
 
 def _node_values(hier, values) -> list:
@@ -51,14 +51,14 @@ def _node_values(hier, values) -> list:
     if not isinstance(values, dict):
         raise ValueError(f"`values` is a {type(values).__name__}: give a dict of level (name or index) -> one value "
                          f"per node of that level, e.g. `{{'{hier.names[-1]}': [...]}}` or the result of "
-                         f"`HierarchicalInterpretation.accuracy_per_node()`.")
+                         "`HierarchicalInterpretation.accuracy_per_node()`.")
     res = [np.full(n, np.nan) for n in hier.n_classes]
     seen = {}
     for k,v in values.items():
         i = hier.level(k)
         if i in seen:
             raise ValueError(f"`values` gives level '{hier.names[i]}' twice, as {seen[i]!r} and {k!r}: give each level "
-                             f"once.")
+                             "once.")
         seen[i],res[i] = k,_level_values(hier, k, v)
     if all(np.isnan(a).all() for a in res):
         raise ValueError("`values` has no value to colour by: every one is NaN.")
@@ -80,7 +80,7 @@ def _node_colours(hier, values, cmap, vmin, vmax):
     try: cmap = plt.get_cmap(cmap)
     except ValueError as e:
         raise ValueError(f"Unknown colormap {cmap!r} ({e}): give a matplotlib colormap, by name (e.g. 'viridis', "
-                         f"'RdYlGn') or as a `Colormap`.") from None
+                         "'RdYlGn') or as a `Colormap`.") from None
     sm = mpl.cm.ScalarMappable(norm, cmap)
     return [np.where(np.isnan(v)[:,None], mpl.colors.to_rgba(_NO_VALUE), sm.to_rgba(np.nan_to_num(v))) for v in vals],sm
 
@@ -162,7 +162,7 @@ def plot(self:Hierarchy,
      "it fits, coloured by its top group or by `values`")
     if kind not in _KINDS:
         raise ValueError(f"Unknown kind {kind!r}: use 'icicle' (a column per level) or 'sunburst' (a ring per level, "
-                         f"for big trees).")
+                         "for big trees).")
     colours,sm = _node_colours(self, values, cmap, vmin, vmax) # `values` checked before anything is drawn
     if ax is None:
         bar = 1.5*(sm is not None) # room for the colour bar
@@ -172,7 +172,7 @@ def plot(self:Hierarchy,
         _,ax = plt.subplots(figsize=ifnone(figsize, size), subplot_kw=polar)
     elif kind == 'sunburst' and ax.name != 'polar':
         raise ValueError(f"A sunburst needs polar axes, got {ax.name!r} ones: make them with "
-                         f"`plt.subplots(subplot_kw=dict(projection='polar'))`, or leave `ax` out.")
+                         "`plt.subplots(subplot_kw=dict(projection='polar'))`, or leave `ax` out.")
     # before the labels are fitted: it takes room from `ax`
     if sm is not None: ax.figure.colorbar(sm, ax=ax, label=label, shrink=0.8)
     _KINDS[kind](self, ax, _node_spans(self), colours, fontsize)

@@ -53,9 +53,9 @@ def output_linear(model:nn.Module) -> tuple:
     if found and isinstance(found[-1][1], nn.Linear): return found[-1]
     what = (f"its last module with parameters is a {type(found[-1][1]).__name__} ('{found[-1][0]}')" if found
             else "it has no parameters")
-    raise ValueError(f"`CoarseToFine` swaps the model's output layer, which must be an `nn.Linear` (the last module "
+    raise ValueError("`CoarseToFine` swaps the model's output layer, which must be an `nn.Linear` (the last module "
                      f"with parameters), but {what}. Give the model an `nn.Linear` output layer with one output per "
-                     f"fine class, as the heads of `vision_learner` have.")
+                     "fine class, as the heads of `vision_learner` have.")
 
 def _set_module(model, name, module):
     "Put `module` at `name` in `model`"
@@ -130,7 +130,7 @@ class CoarseToFine(SpanCallback):
             raise ValueError("Give one of `coarse_epochs`, `coarse_pct` or `schedule` to say how long to train on the "
                              "coarse classes.")
         if coarse_pct is not None and not 0 < coarse_pct < 1:
-            raise ValueError(f"`coarse_pct` is a fraction of the training, between 0 and 1 (excluded), got "
+            raise ValueError("`coarse_pct` is a fraction of the training, between 0 and 1 (excluded), got "
                              f"{coarse_pct}.")
         self.hier,self.coarse_pct = hier,coarse_pct
         if schedule is None: schedule = {level: coarse_epochs}
@@ -165,7 +165,7 @@ class CoarseToFine(SpanCallback):
         if lin.out_features != len(self.hier):
             raise ValueError(f"The model's output layer ('{name}') has {lin.out_features} outputs but the hierarchy "
                              f"has {len(self.hier)} fine classes: give the model one output per class of `dls.vocab`, "
-                             f"and a hierarchy over that vocab.")
+                             "and a hierarchy over that vocab.")
 
     def _start_fit(self):
         super()._start_fit()
@@ -177,8 +177,8 @@ class CoarseToFine(SpanCallback):
         if coarse >= span:
             raise ValueError(f"`CoarseToFine` would train all {span} epochs of its span on coarse classes ({coarse:g} "
                              f"epochs at {[self.hier.names[l] for l,_ in self.plan]}), and never the fine ones. Give "
-                             f"fewer coarse epochs, or `total_epochs` the epochs of all the fits it spans "
-                             f"(`freeze_epochs+epochs` for `fine_tune`).")
+                             "fewer coarse epochs, or `total_epochs` the epochs of all the fits it spans "
+                             "(`freeze_epochs+epochs` for `fine_tune`).")
 
     def before_train(self):
         super().before_train()
@@ -238,7 +238,7 @@ class CoarseToFine(SpanCallback):
         if len(opt.hypers) != len(old.hypers):
             raise ValueError(f"The splitter gives {len(opt.hypers)} parameter groups for the regrouped model and gave "
                              f"{len(old.hypers)} before: `CoarseToFine` needs a splitter that puts the output layer in "
-                             f"the same group whatever its size.")
+                             "the same group whatever its size.")
         for k in old.hypers[0]: opt.set_hyper(k, [h[k] for h in old.hypers]) # as the running schedule left them
         kept = set(opt.all_params().itemgot(0))
         for o,n in [(old, opt)] + ([(old.opt, opt.opt)] if isinstance(old, OptimWrapper) else []):

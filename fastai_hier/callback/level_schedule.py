@@ -46,7 +46,7 @@ class LevelWeightSchedule(SpanCallback):
         super().before_fit()
         lf = unwrap_loss(self.learn.loss_func)
         if not isinstance(lf, HierarchicalLoss):
-            raise ValueError(f"`LevelWeightSchedule` sets the level weights of a `HierarchicalLoss`, but the learner's "
+            raise ValueError("`LevelWeightSchedule` sets the level weights of a `HierarchicalLoss`, but the learner's "
                              f"loss is {lf!r}: use `loss_func=HierarchicalLoss(hier, ...)`.")
         self.hier_loss,self.weights = lf,[(e, check_level_weights(loss_hier(lf), w)) for e,w in self.milestones]
 
@@ -58,8 +58,8 @@ class LevelWeightSchedule(SpanCallback):
         last = self.milestones[-1][0]
         if last >= span:
             raise ValueError(f"The milestone at epoch {last} is never reached in a span of {span} epochs: move it "
-                             f"earlier, or give `total_epochs` the epochs of all the fits the schedule spans "
-                             f"(`freeze_epochs+epochs` for `fine_tune`).")
+                             "earlier, or give `total_epochs` the epochs of all the fits the schedule spans "
+                             "(`freeze_epochs+epochs` for `fine_tune`).")
 
     def weights_at(self, epoch:float) -> list:
         "The level weights, finest first, at `epoch` of the span (counted from 0, fractions inside an epoch)"

@@ -32,7 +32,7 @@ class LossCheck(Callback):
         lf = unwrap_loss(self.learn.loss_func)
         if lf is not self.learn.loss_func and not _takes_reduction(lf):
             raise ValueError(f"`MixUp` and `CutMix` call the loss `{loss_name(lf)}` with `reduction='none'`, but it "
-                             f"has no `reduction`. Give it a `reduction` parameter ('mean', 'sum', 'none'), or use a "
+                             "has no `reduction`. Give it a `reduction` parameter ('mean', 'sum', 'none'), or use a "
                              f"fastai loss such as `CrossEntropyLossFlat()`. {_use_a_loss}")
 
     def after_loss(self):
@@ -41,14 +41,14 @@ class LossCheck(Callback):
         if not loss.requires_grad:
             raise ValueError(f"The loss `{name}` returned a value with no gradient, so the model cannot learn from it. "
                              f"{_use_a_loss} (If `{name}` is a real loss, check that the model has trainable "
-                             f"parameters.)")
+                             "parameters.)")
         if loss.numel() != 1:
             raise ValueError(f"The loss `{name}` returned a tensor of shape {tuple(loss.shape)} (reduction "
                              f"{getattr(lf, 'reduction', None)!r}) for a training batch: training needs a single "
-                             f"number, its 'mean' over the batch. Reduce it (`.mean()`), or set its `reduction` to "
-                             f"'mean'.")
+                             "number, its 'mean' over the batch. Reduce it (`.mean()`), or set its `reduction` to "
+                             "'mean'.")
         if not _takes_reduction(lf): warn(f"The loss `{name}` takes no `reduction`: `get_preds(with_loss=True)`, "
-                                          f"`ClassificationInterpretation` and `MixUp` will fail with \"unexpected "
-                                          f"keyword argument 'reduction'\". Give it a `reduction` parameter ('mean', "
-                                          f"'sum', 'none').")
+                                          "`ClassificationInterpretation` and `MixUp` will fail with \"unexpected "
+                                          "keyword argument 'reduction'\". Give it a `reduction` parameter ('mean', "
+                                          "'sum', 'none').")
         self.run = False # checked: off until the end of the fit

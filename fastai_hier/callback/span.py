@@ -23,7 +23,7 @@ class SpanCallback(Callback):
     ):
         if total_epochs is not None and not (isinstance(total_epochs, int) and total_epochs > 0):
             raise ValueError(f"`total_epochs` is {total_epochs!r}: give the epochs of all the fits one schedule spans "
-                             f"(`freeze_epochs+epochs` for `fine_tune`), or None for each fit on its own.")
+                             "(`freeze_epochs+epochs` for `fine_tune`), or None for each fit on its own.")
         self.total_epochs,self.span_done,self.history,self.orig,self.in_fit = total_epochs,None,[],{},False
 
     @property
@@ -53,8 +53,8 @@ class SpanCallback(Callback):
         if self.span_start + self.n_epoch > self.span_epochs:
             raise ValueError(f"This fit of {self.n_epoch} epochs would take the schedule of {type(self).__name__} to "
                              f"epoch {self.span_start+self.n_epoch} of `total_epochs={self.total_epochs}`: give "
-                             f"`total_epochs` the epochs of all the fits it spans (`freeze_epochs+epochs` for "
-                             f"`fine_tune`), or leave it out to schedule each fit on its own.")
+                             "`total_epochs` the epochs of all the fits it spans (`freeze_epochs+epochs` for "
+                             "`fine_tune`), or leave it out to schedule each fit on its own.")
         self.span_done,self.fit_start,self.in_fit,self.epochs_trained = None,len(self.history),True,0
 
     def set_loss_attr(self, lf, name:str, value):

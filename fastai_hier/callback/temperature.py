@@ -23,7 +23,7 @@ def _make_sched(start, end, sched):
     "A function of the position in [0,1] from a schedule maker like `SchedCos` and `start`/`end`, or a ready schedule"
     if not callable(sched):
         raise ValueError(f"`sched` is {sched!r}: give a schedule maker like `SchedCos` or a ready schedule like "
-                         f"`combine_scheds(...)`.")
+                         "`combine_scheds(...)`.")
     check_temperature(end, '`end`')
     if _n_positional(sched) >= 2:
         if start is None:

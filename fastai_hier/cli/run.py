@@ -67,7 +67,7 @@ def arch_args(name:str, pretrained:bool=True) -> dict:
             return dict(arch=getattr(m, name), pretrained=pretrained)
     if not timm.is_model(name):
         raise ValueError(f"Unknown architecture {name!r}: use a fastai, torchvision or timm model name such as "
-                         f"resnet18, resnet34, convnext_tiny, tf_efficientnet_lite0.")
+                         "resnet18, resnet34, convnext_tiny, tf_efficientnet_lite0.")
     return lite0_pretrained() if name == LITE0_ARCH and pretrained else dict(arch=name, pretrained=pretrained)
 
 # %% ../../nbs/61_run.ipynb #c83f934f
@@ -133,7 +133,7 @@ def _done_runs(csv, setup):
     for k,v in setup.items():
         if (df[k].astype(str) != str(v)).any():
             raise ValueError(f"{csv} holds a sweep with another {k} ({df[k].iloc[0]} instead of {v}): give another "
-                             f"--out, or the same settings to resume it.")
+                             "--out, or the same settings to resume it.")
     return df
 
 def fold_splits(labels, folds, seed, default, train_pct=100):
@@ -190,6 +190,6 @@ def run_sweep(
                    'valid_loss':log.valid_loss.iloc[-1], **evaluate(probs, targ, hier, c['decode']), 'time':secs}
             if csv.exists() and list(pd.read_csv(csv, nrows=0).columns) != list(row):
                 raise ValueError(f"{csv} has other columns than this version writes (an older sweep?): give another "
-                                 f"--out.")
+                                 "--out.")
             pd.DataFrame([row]).to_csv(csv, mode='a', header=not csv.exists(), index=False)
     return pd.read_csv(csv)

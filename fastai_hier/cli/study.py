@@ -26,7 +26,7 @@ def _pets_items(path, per_breed):
     try: files = pets_files(path, per_breed)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e} For other images, give --hierarchy and a folder with one folder of images per "
-                                f"class.") from None
+                                "class.") from None
     return files, [re.match(PETS_PAT, f.name)[1] for f in files]
 
 def _csv_items(path, csv):
@@ -34,17 +34,17 @@ def _csv_items(path, csv):
     df = pd.read_csv(csv, sep=None, engine='python') # any separator
     if df.shape[1] != 2:
         raise ValueError(f"The labels CSV {csv} has {df.shape[1]} column(s) {list(df.columns)}: give two, the image "
-                         f"files (relative to --data) and their labels.")
+                         "files (relative to --data) and their labels.")
     files = L(path/str(f) for f in df.iloc[:,0])
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) of {csv} are not in {path}, e.g. "
                                 f"{', '.join(str(f.relative_to(path)) for f in missing[:3])}: the first column holds "
-                                f"file names relative to --data.")
+                                "file names relative to --data.")
     bad = verify_images(files)
     if bad:
         raise ValueError(f"{len(bad)} image(s) of {csv} cannot be read, e.g. {', '.join(f.name for f in bad[:3])}: fix "
-                         f"or remove their rows (a labelled image is never left out silently).")
+                         "or remove their rows (a labelled image is never left out silently).")
     return files, [str(o) for o in df.iloc[:,1]]
 
 def _folder_items(path):
@@ -55,7 +55,7 @@ def _folder_items(path):
     files = files.filter(lambda f: f not in bad)
     if not files:
         raise FileNotFoundError(f"No readable images in {path}: --data with --hierarchy takes a folder with one folder "
-                                f"of images per class (or train/ and valid/ folders of those).")
+                                "of images per class (or train/ and valid/ folders of those).")
     valid = [i for i,f in enumerate(files) if f.relative_to(path).parts[0] == 'valid'] if has_split else None
     return files, [f.parent.name for f in files], valid
 
@@ -79,7 +79,7 @@ def load_items(
         return images, labels, fashion_mnist_hierarchy(), test_idx
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"Data folder {data} does not exist: give a folder of images with --data, or leave it "
-                                f"out for PETS.")
+                                "out for PETS.")
     valid = None
     if labels is not None:
         if per_breed is not None:
@@ -122,7 +122,7 @@ def make_dls(files, labels, hier, valid_idx, size:int=224, bs:int=64, aug:bool=T
     dls = block.dataloaders([(files[i], labels[i]) for i in idx], bs=bs, device=device)
     if not len(dls.train):
         raise ValueError(f"--bs {bs} is larger than the {len(dls.train_ds)} training images, so an epoch would have no "
-                         f"batch (fastai drops the last, incomplete one): lower --bs.")
+                         "batch (fastai drops the last, incomplete one): lower --bs.")
     return dls
 
 # %% ../../nbs/60_study.ipynb #9fa6efef
@@ -130,7 +130,7 @@ def stratified_folds(labels, k:int, seed:int=0) -> np.ndarray:
     "The fold (0 to `k-1`) of each item: stratified by label, shuffled by `seed`"
     if not (isinstance(k, int) and 2 <= k <= len(labels)):
         raise ValueError(f"--folds {k}: cross-validation needs between 2 and {len(labels)} (the number of images) "
-                         f"folds.")
+                         "folds.")
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in sorted(set(labels))])
@@ -196,7 +196,7 @@ def _check_partial(partial, hier):
     if unknown:
         raise ValueError(f"Unknown options {sorted(unknown)} of 'partial': its options are pct, level and drop.")
     if not 0 < partial.get('pct', 0) < 100:
-        raise ValueError(f"'partial' needs 'pct', the percentage of the training images that keep only their group, "
+        raise ValueError("'partial' needs 'pct', the percentage of the training images that keep only their group, "
                          f"between 0 and 100 (got {partial.get('pct')}).")
     if hier.level(partial.get('level', -1)) == 0:
         raise ValueError(f"The 'partial' level is the finest, {hier.names[0]!r}: give a coarser one of "
@@ -260,7 +260,7 @@ def read_study(fname) -> list:
         raise ValueError(f"Cannot read the study file {fname}: {e}") from None
     if not isinstance(cfgs, list) or not cfgs or not all(isinstance(c, dict) and 'config' in c for c in cfgs):
         raise ValueError(f"The study file {fname} must hold a JSON list of configurations, each with a 'config' name "
-                         f"(see `config`).")
+                         "(see `config`).")
     for c in cfgs:
         if set(c) - set(CONFIG_FIELDS):
             raise ValueError(f"Configuration {c['config']!r} in {fname} has unknown fields "

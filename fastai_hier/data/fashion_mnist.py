@@ -40,7 +40,7 @@ def fashion_mnist_root(
     missing = [f'{n}.gz' for n in todo if not (Path(src)/f'{n}.gz').exists()]
     if missing:
         raise FileNotFoundError(f"Fashion-MNIST is not installed: {src} has no {', '.join(missing)}. Install Debian's "
-                                f"package of the original files: `apt-get install -y dataset-fashion-mnist`.")
+                                "package of the original files: `apt-get install -y dataset-fashion-mnist`.")
     raw.mkdir(parents=True, exist_ok=True)
     for n in todo:
         tmp = raw/f'{n}.part'
@@ -81,7 +81,7 @@ def tensor_dls(
     def _ds(idx): return _Labelled(x[idx], y[idx], L(vocab))
     if bs > len(train_idx):
         raise ValueError(f"The batch size {bs} is larger than the {len(train_idx)} training images, so an epoch would "
-                         f"have no batch: lower it.")
+                         "have no batch: lower it.")
     return DataLoaders(DataLoader(_ds(train_idx), bs=bs, shuffle=True, drop_last=True, device=device),
                        DataLoader(_ds(valid_idx), bs=2*bs, device=device))
 

@@ -33,7 +33,7 @@ def pets_path() -> Path:
         # fastdownload's lock of a download that never started
         if not arch.exists(): arch.with_name(arch.name+'.lock').unlink(missing_ok=True)
         raise ConnectionError(f"PETS could not be downloaded ({e.reason}): give a folder of PETS images instead "
-                              f"(`--data` for the command).") from None
+                              "(`--data` for the command).") from None
 
 # %% ../../nbs/50_pets.ipynb #781e828d
 def pets_files(
@@ -45,7 +45,7 @@ def pets_files(
     files = get_image_files(path).filter(lambda f: re.match(PETS_PAT, f.name))
     if not files:
         raise FileNotFoundError(f"No PETS-named images (like 'Abyssinian_1.jpg') in {path}: point at the dataset's "
-                                f"`images` folder.")
+                                "`images` folder.")
     bad = set(verify_images(files))
     if bad: warn(f"Skipping {len(bad)} unreadable image(s): {', '.join(sorted(f.name for f in bad))}")
     files = files.filter(lambda f: f not in bad)

@@ -21,7 +21,7 @@ def _add_chain(parents, chain):
     for c,p in zip(chain, chain[1:]):
         if parents.get(c, p) != p:
             raise ValueError(f"{c!r} has two parents, {parents[c]!r} and {p!r}: in a hierarchy each class has one "
-                             f"parent.")
+                             "parent.")
         parents[c] = p
     return parents
 
@@ -62,8 +62,8 @@ def from_df(cls:Hierarchy,
     "A `Hierarchy` from a DataFrame with one column per level"
     if df.shape[1] < 2:
         raise ValueError(f"The table has {df.shape[1]} column {list(df.columns)}: a hierarchy needs one column per "
-                         f"level, finest first. A CSV separated by ';' or tabs? Read it with `pd.read_csv(f, sep=None, "
-                         f"engine='python')`.")
+                         "level, finest first. A CSV separated by ';' or tabs? Read it with `pd.read_csv(f, sep=None, "
+                         "engine='python')`.")
     try:
         parents = {}
         for row in df.itertuples(index=False): _add_chain(parents, list(row))

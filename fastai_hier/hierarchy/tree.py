@@ -71,23 +71,23 @@ class Hierarchy:
         missing = [v for v in vocab if v not in parents and v not in inner]
         if missing:
             raise ValueError(f"Classes of the vocab are missing from the hierarchy: {missing}. Give each of them a "
-                             f"parent.")
+                             "parent.")
         not_leaves = [v for v in vocab if v in inner]
         if not_leaves:
             raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine "
-                             f"classes must be leaves.")
+                             "classes must be leaves.")
         in_vocab = set(vocab)
         extra = [o for o in leaves if o not in in_vocab]
         if extra:
             raise ValueError(f"Hierarchy leaves are not in the vocab: {extra}. Remove them from the hierarchy or add "
-                             f"them to the vocab.")
+                             "them to the vocab.")
         paths = [_path_to_top(v, parents) for v in vocab]
         n = max(map(len, paths))
         if names is None: names = ['fine'] + [f'level{i}' for i in range(1, n)]
         names = list(names)
         if len(names) != n:
             raise ValueError(f"{len(names)} level names {names} for a hierarchy of {n} levels (fine classes included): "
-                             f"give one name per level, finest first.")
+                             "give one name per level, finest first.")
         if _dups(names):
             raise ValueError(f"Level names must be unique; repeated: {_dups(names)}.")
         paths = [[p[0]]*(n-len(p)) + p for p in paths] # align at the top
@@ -179,7 +179,7 @@ class Hierarchy:
             raise ValueError(f"Target {targ[(targ < 0) | (targ >= self.n_nodes)][0].item()} is no node of this "
                              f"hierarchy: node indices go from 0 to {self.n_nodes-1} "
                              f"({' + '.join(map(str, self.n_classes))} groups, finest first; see `node_index`). Check "
-                             f"that the targets follow the hierarchy's vocab.")
+                             "that the targets follow the hierarchy's vocab.")
         return self.table('node_fine', targ.device)[targ],self.table('node_levels', targ.device)[targ]
 
     def node_of(self, name) -> int:
@@ -326,7 +326,7 @@ class Hierarchy:
         diff = ', '.join(f"{i}: {a!r} vs {b!r}" for i,(a,b) in enumerate(zip(vocab, self.vocab)) if a != b)
         raise ValueError(f"{what} orders its fine classes unlike `dls.vocab`, so class indices would be mislabelled; "
                          f"first differing positions (dls.vocab vs hierarchy) {diff[:300]}. Build the hierarchy with "
-                         f"`vocab=dls.vocab`.")
+                         "`vocab=dls.vocab`.")
 
     def __len__(self): return len(self.vocab)
     def __repr__(self):

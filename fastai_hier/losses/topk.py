@@ -54,7 +54,7 @@ class SmoothTopKSVM(Module):
             raise ValueError(f"k is {self.k!r}: give a whole number of classes, at least 1.")
         if not self.tau > 0:
             raise ValueError(f"tau is {self.tau!r}: give a positive smoothing temperature (1 for cross-entropy at k=1, "
-                             f"0.1..1 is common).")
+                             "0.1..1 is common).")
         if not self.alpha >= 0:
             raise ValueError(f"alpha is {self.alpha!r}: give a non-negative margin.")
 
