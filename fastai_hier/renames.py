@@ -20,12 +20,16 @@ OLD_MODULES = ('hxe', 'topk', 'span', 'temperature', 'coarse_to_fine', 'level_sc
                'fashion_mnist')
 
 _warned = set()
-def warn_renamed(old:str, new:str):
+def warn_renamed(
+    old:str, # The former name
+    new:str, # The name to use
+    stacklevel:int=3, # Which caller the warning points at: 3 is the caller of the function that calls this
+):
     "Warn once per session that `old` is deprecated in favour of `new`"
     if old in _warned: return
     _warned.add(old)
     warnings.warn(f"`{old}` is deprecated: use `{new}`, its new name. The old name will go in a future version.",
-                  FutureWarning, stacklevel=3)
+                  FutureWarning, stacklevel=stacklevel)
 
 # %% ../nbs/99_renames.ipynb #37df4777
 def old_name(name:str, module:str):
@@ -33,7 +37,7 @@ def old_name(name:str, module:str):
      "`fastai_hier.all`")
     if name in RENAMED:
         mod,new = RENAMED[name]
-        warn_renamed(name, new)
+        warn_renamed(name, new, stacklevel=4) # the user's line, past the module's `__getattr__`
         return getattr(importlib.import_module(mod), new)
     if not name.startswith('__'):
         everything = importlib.import_module('fastai_hier.all')
