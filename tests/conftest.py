@@ -30,6 +30,6 @@ def hier(dls): return pets_hierarchy(dls.vocab)
 def small_learner(dls, hier, **kwargs):
     "A resnet18 from scratch (nothing can be downloaded here) with the hierarchical loss and metrics"
     set_seed(0)
-    kwargs.setdefault('loss_func', HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3}))
+    kwargs.setdefault('loss_func', HierarchicalLoss(hier, level_weights={'breed': 0.7, 'species': 0.3}))
     return vision_learner(dls, resnet18, pretrained=False,
                           metrics=[accuracy, LevelAccuracy(hier, 'species'), MistakeSeverity(hier)], **kwargs)

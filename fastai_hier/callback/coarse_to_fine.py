@@ -122,7 +122,7 @@ class CoarseToFine(SpanCallback):
         level:str|int=-1, # The coarse level; default: the coarsest
         # Or: training epochs at each of several levels, e.g. `{'order': 1, 'family': 2}`, coarsest first
         schedule:dict=None,
-        # Epochs of the consecutive fits the schedule spans (`freeze_epochs+epochs` for `fine_tune`); default: each fit
+        # Epochs of a hand-written sequence of fits the schedule spans; default: each fit, and `fine_tune`'s two as one
         total_epochs:int=None,
     ):
         super().__init__(total_epochs)
@@ -177,8 +177,7 @@ class CoarseToFine(SpanCallback):
         if coarse >= span:
             raise ValueError(f"`CoarseToFine` would train all {span} epochs of its span on coarse classes ({coarse:g} "
                              f"epochs at {[self.hier.names[l] for l,_ in self.plan]}), and never the fine ones. Give "
-                             "fewer coarse epochs, or `total_epochs` the epochs of all the fits it spans "
-                             "(`freeze_epochs+epochs` for `fine_tune`).")
+                             "fewer coarse epochs, or train for longer (`fine_tune`'s span is `freeze_epochs+epochs`).")
 
     def before_train(self):
         super().before_train()

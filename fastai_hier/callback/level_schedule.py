@@ -30,12 +30,11 @@ def _check_milestones(milestones):
 # %% ../../nbs/33_level_schedule.ipynb #35d8b7e6
 class LevelWeightSchedule(SpanCallback):
     "Set the level weights of `HierarchicalLoss` from `milestones` during training (B-CNN's branch training strategy)"
-    order = 65 # after `ParamScheduler` (60): `after_fit` adds to the hyper-parameters it recorded
     def __init__(self,
         # Epoch of the span -> the level weights from that epoch on (a dict of level names, or one per level finest
         # first); must have epoch 0
         milestones:dict,
-        # Epochs of the consecutive fits the schedule spans (`freeze_epochs+epochs` for `fine_tune`); default: each fit
+        # Epochs of a hand-written sequence of fits the schedule spans; default: each fit, and `fine_tune`'s two as one
         total_epochs:int=None,
     ):
         super().__init__(total_epochs)
@@ -58,8 +57,7 @@ class LevelWeightSchedule(SpanCallback):
         last = self.milestones[-1][0]
         if last >= span:
             raise ValueError(f"The milestone at epoch {last} is never reached in a span of {span} epochs: move it "
-                             "earlier, or give `total_epochs` the epochs of all the fits the schedule spans "
-                             "(`freeze_epochs+epochs` for `fine_tune`).")
+                             "earlier, or train for longer (`fine_tune`'s span is `freeze_epochs+epochs`).")
 
     def weights_at(self, epoch:float) -> list:
         "The level weights, finest first, at `epoch` of the span (counted from 0, fractions inside an epoch)"

@@ -44,14 +44,13 @@ def _make_sched(start, end, sched):
 # %% ../../nbs/31_temperature.ipynb #4a3f5f9c
 class TemperatureSchedule(SpanCallback):
     "Anneal the softmax temperature of training from `start` to exactly `end` on the last training batch of the span"
-    order = 65 # after `ParamScheduler` (60): `after_fit` adds to the hyper-parameters it recorded
     def __init__(self,
         start:float=None, # Temperature of the first training batch
         end:float=1., # Temperature of the last training batch, exactly
         # Called with `start`, `end` (`SchedCos`, `SchedLin`, `SchedExp`...), or a ready schedule of the position in
         # [0,1] (`combine_scheds(...)`)
         sched:callable=SchedCos,
-        # Epochs of the consecutive fits the schedule spans (`freeze_epochs+epochs` for `fine_tune`); default: each fit
+        # Epochs of a hand-written sequence of fits the schedule spans; default: each fit, and `fine_tune`'s two as one
         total_epochs:int=None,
     ):
         super().__init__(total_epochs)
