@@ -6,8 +6,8 @@ Docs: https://fastai-hier.github.io/fastai_hier/core.html.md"""
 
 # %% auto #0
 __all__ = ['unwrap_loss', 'loss_module', 'loss_hier', 'has_temperature', 'pred_probs', 'loss_name', 'check_temperature',
-           'check_probability', 'check_non_negative', 'check_level_weights', 'check_targets', 'flatten_preds',
-           'check_width', 'check_indices', 'check_node_targets', 'input_level', 'CheckVocab']
+           'check_probability', 'check_non_negative', 'check_k', 'check_level_weights', 'check_targets',
+           'flatten_preds', 'check_width', 'check_indices', 'check_node_targets', 'input_level', 'CheckVocab']
 
 # %% ../nbs/02_core.ipynb #56be84a7
 from fastai.basics import *
@@ -64,6 +64,14 @@ def check_non_negative(x, what:str, meaning:str=''):
     "Raise a clear error unless `x` is a finite number of at least 0; `meaning` says what the parameter does"
     if not (_is_real(x) and math.isfinite(x) and x >= 0):
         raise ValueError(f"{what} is {x!r}, but it must be a finite number of at least 0{meaning}.")
+
+def check_k(k, what:str='k', n:int=None) -> int:
+    "`k`, a number of top predictions: a whole number from 1 (to `n`, the number of classes, where given), or an error"
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        raise ValueError(f"{what} is {k!r}: give a whole number of classes, at least 1.")
+    if n is not None and k > n:
+        raise ValueError(f"{what} is {k}, but there are only {n} classes: give at most {n}.")
+    return k
 
 def check_level_weights(hier:Hierarchy, weights) -> list:
     ("Per-level weights as a list, finest first, summing to 1, from a dict of level names (others get 0), a sequence, "
@@ -181,9 +189,11 @@ def _hierarchies(learn) -> list:
     return [(what, o.hier) for what,o in pieces if isinstance(getattr(o, 'hier', None), Hierarchy)]
 
 class CheckVocab(Callback):
-    ("At the start of each fit, check that every hierarchy of the learner's loss, metrics and callbacks follows "
-     "`dls.vocab`")
+    ("When the learner is made and at the start of each fit, check that every hierarchy of the learner's loss, "
+     "metrics and callbacks follows `dls.vocab`")
     order = -20 # before the callbacks that use a hierarchy
+    # also when the learner is made, where the user's mistake is; and at each fit, since any part may change in between
+    def after_create(self): self.before_fit()
     def before_fit(self):
         vocab = getattr(self.dls, 'vocab', None)
         # no single vocab to compare with (several targets)

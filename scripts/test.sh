@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The project's test command (README "Quick start"; `.ci/run` calls it): export check, notebook tests, pytest.
+# The project's test command (README "Quick start"; `.ci/run` calls it): installs what it needs (scripts/setup.sh), then
+# the export check, the notebook tests and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/setup.sh
 
 # fastai's data folder, seeded with the PETS sample (links, so that nothing writes into it): `untar_data(URLs.PETS)` then needs no download
 if [ -z "${FASTAI_HOME:-}" ]; then

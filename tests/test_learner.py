@@ -100,14 +100,18 @@ def test_interpretation(dls, hier):
     assert interp.confusion_matrix().sum() == len(dls.valid_ds)
 
 def test_every_hierarchy_is_checked_against_the_vocab(dls, hier):
-    "A hierarchy in another order than `dls.vocab`, in a metric or a callback of a learner whose loss has none, stops the fit before it trains"
+    "A hierarchy in another order than `dls.vocab`, in a metric or a callback of a learner whose loss has none, is refused when the learner is made, and stops a fit before it trains when it came later"
     wrong = pets_hierarchy(list(dls.vocab)[::-1])
     for kw,what in [(dict(metrics=LevelAccuracy(wrong, 'species')), 'The metric species_accuracy'),
                     (dict(metrics=HierarchicalDistance(wrong)), 'The metric hier_distance@5'),
                     (dict(cbs=CoarseToFine(wrong, coarse_epochs=1)), 'The callback CoarseToFine')]:
-        learn = vision_learner(dls, resnet18, pretrained=False, loss_func=CrossEntropyLossFlat(), **kw)
+        with pytest.raises(ValueError, match=f"{what} orders its fine classes unlike `dls.vocab`"):
+            vision_learner(dls, resnet18, pretrained=False, loss_func=CrossEntropyLossFlat(), **kw) # where it is made
+        learn = vision_learner(dls, resnet18, pretrained=False, loss_func=CrossEntropyLossFlat())
+        for k,v in kw.items(): setattr(learn, k, v) if k == 'metrics' else learn.add_cbs(v)
         with pytest.raises(ValueError, match=f"{what} orders its fine classes unlike `dls.vocab`"): learn.fit(1)
-    learn = vision_learner(dls, resnet18, pretrained=False, loss_func=HierarchicalLoss(wrong))
+    learn = vision_learner(dls, resnet18, pretrained=False)
+    learn.loss_func = HierarchicalLoss(wrong)
     with pytest.raises(ValueError, match="The loss HierarchicalLoss orders"): learn.lr_find(num_it=2, show_plot=False)
 
 def test_compiled_model_and_loss(dls, hier):

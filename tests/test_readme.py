@@ -5,10 +5,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 def render(nb=ROOT/'nbs'/'index.ipynb') -> str:
-    "Markdown cells with `<!-- include: FILE -->` lines replaced by FILE, code cells fenced as Python without `#|` directives"
+    "Markdown cells with `<!-- include: FILE -->` lines replaced by FILE, code cells fenced as Python without `#|` directives, `#| hide` cells left out"
     out = []
     for c in json.loads(nb.read_text())['cells']:
         src = ''.join(c['source'])
+        if src.startswith('#| hide'): continue # the notebook's tests of the README's code
         src = re.sub(r'^<!-- include: (\S+) -->$', lambda m: (ROOT/m[1]).read_text().strip(), src, flags=re.M)
         if c['cell_type'] == 'code':
             src = '```python\n' + '\n'.join(l for l in src.split('\n') if not l.startswith('#|')).strip() + '\n```'

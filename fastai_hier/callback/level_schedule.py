@@ -22,6 +22,10 @@ def _check_milestones(milestones):
     bad = [e for e in milestones if not (isinstance(e, (int, float)) and e >= 0)]
     if bad:
         raise ValueError(f"Milestone epochs must be non-negative numbers, got {bad}.")
+    scalars = {e:w for e,w in milestones.items() if not isinstance(w, (dict, list, tuple, L, np.ndarray, Tensor))}
+    if scalars:
+        raise ValueError(f"Milestones give level weights, one per level, but {scalars} are not: give a dict of level "
+                         "names (`{0: {'species': 0.8, 'breed': 0.2}}`) or a list, finest first.")
     if 0 not in milestones:
         raise ValueError(f"The milestones start at epoch {min(milestones)}: give the weights of epoch 0 too, e.g. "
                          f"`{{0: ..., {min(milestones)}: ...}}`.")

@@ -19,7 +19,7 @@ def _takes_reduction(lf) -> bool:
     except (TypeError, ValueError): return True # a builtin: cannot tell, let it try
     return any(p.name == 'reduction' or p.kind == p.VAR_KEYWORD for p in ps)
 
-_use_a_loss = ("Accuracy-type metrics (`accuracy`, `top_k_accuracy`, `error_rate`) count right answers: they are not "
+_use_a_loss = ("Metrics (`accuracy`, `top_k_accuracy`, `error_rate`, `LevelAccuracy`) count right answers: they are not "
                "differentiable and cannot be trained on. Pass a loss as `loss_func` (`CrossEntropyLossFlat()`, "
                "`SmoothTopKLoss(k=5)` for top-k accuracy, `HierarchicalLoss(hier)` for a hierarchy) and the metric "
                "in `metrics=`.")
@@ -30,6 +30,12 @@ class LossCheck(Callback):
     run_valid = False
     def after_pred(self):
         lf = unwrap_loss(self.learn.loss_func)
+        # before fastai calls it: a metric object or a class would fail there with a bare `TypeError`
+        if isinstance(lf, type):
+            raise ValueError(f"`loss_func` is the class `{lf.__name__}`, not a loss: create one, e.g. "
+                             f"`loss_func={lf.__name__}(...)`.")
+        if isinstance(lf, Metric) or not callable(lf):
+            raise ValueError(f"`loss_func` is `{loss_name(lf)}`, a metric, not a loss. {_use_a_loss}")
         if lf is not self.learn.loss_func and not _takes_reduction(lf):
             raise ValueError(f"`MixUp` and `CutMix` call the loss `{loss_name(lf)}` with `reduction='none'`, but it "
                              "has no `reduction`. Give it a `reduction` parameter ('mean', 'sum', 'none'), or use a "
@@ -52,3 +58,5 @@ class LossCheck(Callback):
                                           "keyword argument 'reduction'\". Give it a `reduction` parameter ('mean', "
                                           "'sum', 'none').")
         self.run = False # checked: off until the end of the fit
+
+if LossCheck not in defaults.callbacks: defaults.callbacks.append(LossCheck)

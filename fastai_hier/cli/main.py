@@ -211,6 +211,7 @@ def _sweep(args, items):
     df = run_sweep(items, args.out, configs, args.seeds, args.folds, args.arch, args.pretrained, args.size, args.bs,
                    args.aug, args.epochs, args.freeze_epochs, args.lr, args.bn_freeze, args.device, args.train_pct,
                    args.dataset)
+    if not df.attrs['trained'] and (args.out/'summary.md').exists(): return # its report is written: leave it as it is
     s, p = summarize(df), paired_differences(df, configs[0]['config'])
     s.to_csv(args.out/'summary.csv'); p.to_csv(args.out/'paired.csv', index=False)
     md = _setup_line(args, items, df) + '\n\nMean ± std over the runs:\n\n' + summary_markdown(s)

@@ -154,7 +154,7 @@ def run_sweep(
     freeze_epochs:int=1, lr:float=2e-3, bn_freeze:bool=False, device=None,
     train_pct:float=100, # Percentage of the training images used, stratified, chosen by the seed
     dataset:str='pets', # Recorded with the setup
-) -> pd.DataFrame: # One row per run
+) -> pd.DataFrame: # One row per run; `attrs['trained']`: the models this call trained
     "Train every configuration with every seed on every fold, appending to `out/sweep.csv` and resuming from it"
     files, labels, hier, default_valid = items
     groups = names_groups(labels, hier)
@@ -170,12 +170,15 @@ def run_sweep(
     n = len(configs)*len(seeds)*max(folds, 1)
     todo = [(s, f, (t, v), c) for s in seeds for f,t,v in fold_splits(labels, folds, s, default_valid, train_pct)
             for c in configs if (c['config'], f, s) not in done]
-    print(f"{n} runs: {n-len(todo)} already in {csv}, {len(todo)} to train")
     runs = groupby(todo, lambda o: (o[0], o[1], train_key(o[3])))   # decodes of one trained model
     runs = list(runs.items())
+    if todo: print(f"{n} runs: {n-len(todo)} already in {csv}, {len(todo)} to do, from {len(runs)} trainings (the "
+                   "decodes of one model share its training)")
+    else: print(f"All {n} runs are already in {csv}: nothing to train. To start afresh, give another --out.")
     for i,((s,f,_),group) in enumerate(progress_bar(runs) if _bars() else runs):
         if not _bars():
-            print(f"run {i+1}/{len(runs)}: seed {s}, fold {f}, {' / '.join(c['config'] for *_,c in group)}", flush=True)
+            print(f"training {i+1}/{len(runs)}: seed {s}, fold {f}, {' / '.join(c['config'] for *_,c in group)}",
+                  flush=True)
         (t, v), cfg = group[0][2], group[0][3]
         labs, t = partial_split(labels, hier, t, cfg.get('partial'), s)
         dls = make_dls(files, labs, hier, v, size, bs, aug, device, train_idx=t)
@@ -192,4 +195,6 @@ def run_sweep(
                 raise ValueError(f"{csv} has other columns than this version writes (an older sweep?): give another "
                                  "--out.")
             pd.DataFrame([row]).to_csv(csv, mode='a', header=not csv.exists(), index=False)
-    return pd.read_csv(csv)
+    res = pd.read_csv(csv)
+    res.attrs['trained'] = len(runs) # models trained by this call: 0 when every run was done
+    return res

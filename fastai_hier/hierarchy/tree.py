@@ -47,6 +47,13 @@ def _as_idx(x, what) -> Tensor:
     return x.long()
 
 # %% ../../nbs/00_hierarchy.ipynb #cbc59c45
+def _unmatched(names:list, others:list) -> str:
+    "The first of `names`, each with the one of `others` that a typo would explain, for a message"
+    def one(o):
+        close = difflib.get_close_matches(str(o), list(map(str, others)), n=1, cutoff=0.8)
+        return f"{o!r} (close to {close[0]!r})" if close else repr(o)
+    return '[' + ', '.join(map(one, names[:5])) + (', ...' if len(names) > 5 else '') + ']'
+
 class Hierarchy:
     "A tree over class names with named levels, finest first; the classes at level 0 follow `vocab`"
     def __init__(self,
@@ -70,8 +77,10 @@ class Hierarchy:
             raise ValueError(f"The vocab has duplicate classes: {_dups(vocab)}.")
         missing = [v for v in vocab if v not in parents and v not in inner]
         if missing:
-            raise ValueError(f"Classes of the vocab are missing from the hierarchy: {missing}. Give each of them a "
-                             "parent.")
+            extra = [o for o in leaves if o not in set(vocab)]
+            also = f"; leaves of the hierarchy not in the vocab: {_unmatched(extra, missing)}" if extra else ''
+            raise ValueError(f"Classes of the vocab are missing from the hierarchy: {_unmatched(missing, extra)}{also}. "
+                             "Give each class of the vocab a parent, spelled as in the vocab.")
         not_leaves = [v for v in vocab if v in inner]
         if not_leaves:
             raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine "
@@ -320,9 +329,10 @@ class Hierarchy:
         vocab = list(vocab)
         if vocab == list(self.vocab): return
         if len(vocab) != len(self) or set(vocab) != set(self.vocab):
+            ours,theirs = [o for o in vocab if o not in self.vocab],[o for o in self.vocab if o not in vocab]
             raise ValueError(f"{what} has {len(self)} fine classes and `dls.vocab` {len(vocab)}, not the same ones (in "
-                             f"the vocab only: {[o for o in vocab if o not in self.vocab][:5]}; in the hierarchy only: "
-                             f"{[o for o in self.vocab if o not in vocab][:5]}): build the hierarchy on `dls.vocab`.")
+                             f"the vocab only: {_unmatched(ours, theirs)}; in the hierarchy only: "
+                             f"{_unmatched(theirs, ours)}): build the hierarchy on `dls.vocab`.")
         diff = ', '.join(f"{i}: {a!r} vs {b!r}" for i,(a,b) in enumerate(zip(vocab, self.vocab)) if a != b)
         raise ValueError(f"{what} orders its fine classes unlike `dls.vocab`, so class indices would be mislabelled; "
                          f"first differing positions (dls.vocab vs hierarchy) {diff[:300]}. Build the hierarchy with "

@@ -9,6 +9,7 @@ __all__ = ['log_esp', 'SmoothTopKSVM', 'SmoothTopKLoss']
 
 # %% ../../nbs/13_topk.ipynb #6295c453
 from fastai.basics import *
+from ..core import check_k
 from .base import inner_attr
 
 # %% ../../nbs/13_topk.ipynb #48cc963f
@@ -50,8 +51,7 @@ class SmoothTopKSVM(Module):
         self._check_params()
 
     def _check_params(self):
-        if not (isinstance(self.k, int) and self.k >= 1):
-            raise ValueError(f"k is {self.k!r}: give a whole number of classes, at least 1.")
+        check_k(self.k)
         if not self.tau > 0:
             raise ValueError(f"tau is {self.tau!r}: give a positive smoothing temperature (1 for cross-entropy at k=1, "
                              "0.1..1 is common).")
