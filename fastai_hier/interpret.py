@@ -12,7 +12,7 @@ from fastai.basics import *
 from fastai.interpret import ClassificationInterpretation
 from .hierarchy import *
 from .core import *
-import matplotlib.ticker
+import matplotlib.ticker, textwrap
 
 # %% ../nbs/41_interpret.ipynb #81606859
 class HierarchicalInterpretation(ClassificationInterpretation):
@@ -143,7 +143,8 @@ def plot_mistake_severity(self:HierarchicalInterpretation,
     fig,ax = plt.subplots(figsize=ifnone(figsize, (1.5 + 1.5*len(s), 3.5)), **kwargs)
     bars = ax.bar(range(len(s)), s.values)
     ax.bar_label(bars)
-    ax.set_xticks(range(len(s)), [f'{d}: {_severity_label(self.hier, d)}' for d in s.index])
+    # wrapped: a label such as '1: other breed, same species' is wider than its bar
+    ax.set_xticks(range(len(s)), [textwrap.fill(f'{d}: {_severity_label(self.hier, d)}', 16) for d in s.index])
     n = len(self.targs)
     ax.set(title=f'{title} ({s.sum()} of {n} wrong)', xlabel='tree distance to the target', ylabel='mistakes')
     ax.margins(y=0.15)

@@ -205,6 +205,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="must be a positive number, got 0"): CoarseToFine(ZOO, schedule={"order": 0})
     with pytest.raises(ValueError, match="must be a positive number, got None"): CoarseToFine(ZOO, coarse_epochs=None, schedule={"family": None})
     with pytest.raises(ValueError, match="between 0 and 1"): CoarseToFine(ZOO, coarse_pct=1.5)
+    with pytest.raises(ValueError, match=r"`schedule` is 2: give the training epochs at each coarse level"): CoarseToFine(ZOO, schedule=2)
     with pytest.raises(ValueError, match="Unknown level 'genus'"): CoarseToFine(ZOO, coarse_epochs=1, level='genus')
     learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=1))
     learn.model[1] = nn.Sequential(nn.Linear(32, 10), nn.BatchNorm1d(10))

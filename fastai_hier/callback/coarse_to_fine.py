@@ -134,6 +134,9 @@ class CoarseToFine(SpanCallback):
                              f"{coarse_pct}.")
         self.hier,self.coarse_pct = hier,coarse_pct
         if schedule is None: schedule = {level: coarse_epochs}
+        elif not isinstance(schedule, dict):
+            raise ValueError(f"`schedule` is {schedule!r}: give the training epochs at each coarse level, e.g. "
+                             f"`{{{hier.names[-1]!r}: 1}}`, or `coarse_epochs={schedule!r}` for the coarsest level.")
         levels = sorted(((hier.level(l),n) for l,n in schedule.items()), key=itemgetter(0), reverse=True)
         for l,n in levels:
             if l == 0:

@@ -109,6 +109,8 @@ def plot_paired(p:pd.DataFrame, fname=None):
         better = 'lower' if m in LOWER_IS_BETTER else 'higher'
         ax.set(title=f'{m} ({better} is better)', xlabel='difference from baseline')
         ax.title.set_fontsize(9)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4)) # differences like -0.004 need room
+        ax.tick_params(axis='x', labelsize=8)
     axs[0][0].set_yticks(range(len(cfgs)), cfgs)
     axs[0][0].invert_yaxis()
     fig.tight_layout()

@@ -93,6 +93,9 @@ class Hierarchy:
         paths = [_path_to_top(v, parents) for v in vocab]
         n = max(map(len, paths))
         if names is None: names = ['fine'] + [f'level{i}' for i in range(1, n)]
+        if isinstance(names, str):
+            raise ValueError(f"`names` is the string {names!r}: give one name per level, finest first, as a list or "
+                             "tuple, e.g. `names=('breed', 'species')`.")
         names = list(names)
         if len(names) != n:
             raise ValueError(f"{len(names)} level names {names} for a hierarchy of {n} levels (fine classes included): "
