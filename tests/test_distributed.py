@@ -1,5 +1,5 @@
 """fastai's own distributed training (`Learner.distrib_ctx`, Accelerate, DDP) with our loss, metrics and callbacks:
-two CPU processes on the gloo backend, launched with `torch.distributed.run`; each runs `distributed_worker.py`"""
+two CPU processes on the gloo backend, launched with `accelerate launch`; each runs `distributed_worker.py`"""
 import json, math, os, socket, subprocess, sys
 from collections import Counter
 from pathlib import Path
@@ -26,8 +26,10 @@ def _launch(out:Path, *args, script:Path=HERE/'distributed_worker.py', tries=3):
                PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get('PYTHONPATH')] if p))
     for i in range(tries):
         port = _free_port() # another process may take it before the launcher binds it: then try another
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-               '--master_port', str(port), str(script), str(out), *args]
+        # as the README says: `accelerate launch` (on CPUs too, `--multi_gpu` starts the processes)
+        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+               '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_ip', '127.0.0.1',
+               '--main_process_port', str(port), str(script), str(out), *args]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
         if res.returncode == 0 or 'address already in use' not in (res.stdout + res.stderr).lower(): break
     assert res.returncode == 0, f'{res.stdout[-3000:]}\n{res.stderr[-5000:]}'

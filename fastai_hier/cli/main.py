@@ -21,6 +21,13 @@ import argparse, platform, urllib.error
 def _floats(s): return [float(o) for o in s.split(',') if o.strip()]
 def _ints(s): return [int(o) for o in s.split(',') if o.strip()]
 def _or_none(f): return lambda s: [None if o.strip().lower() == 'none' else f(o) for o in s.split(',') if o.strip()]
+def _shard(s):
+    "'K/N': the K-th of N slices, counted from 1"
+    k,_,n = s.partition('/')
+    try: k,n = int(k),int(n)
+    except ValueError: k = n = 0
+    if not 1 <= k <= n: raise argparse.ArgumentTypeError(f"{s!r}: give K/N with 1 <= K <= N, e.g. 2/8")
+    return k,n
 
 def _parser():
     common = argparse.ArgumentParser(add_help=False)
@@ -82,6 +89,8 @@ def _parser():
                         "(default: no schedule)")
     s.add_argument('--coarse-epochs', type=_or_none(int), default=[],
                    help="coarse epochs to cross with w, 'none' for no coarse phase: e.g. none,1 (default: none)")
+    s.add_argument('--shard', type=_shard, help="K/N: train only the K-th of N disjoint slices of the runs (a Slurm "
+                   "array's task K of N, say); the slices' sweep.csv files, concatenated, make the whole study")
     return p
 
 # %% ../../nbs/63_cli.ipynb #ba32521b
@@ -210,7 +219,7 @@ def _sweep(args, items):
     else: configs = grid_configs(args.w, args.temperatures or [None], args.coarse_epochs or [None])
     df = run_sweep(items, args.out, configs, args.seeds, args.folds, args.arch, args.pretrained, args.size, args.bs,
                    args.aug, args.epochs, args.freeze_epochs, args.lr, args.bn_freeze, args.device, args.train_pct,
-                   args.dataset)
+                   args.dataset, args.shard)
     if not df.attrs['trained'] and (args.out/'summary.md').exists(): return # its report is written: leave it as it is
     s, p = summarize(df), paired_differences(df, configs[0]['config'])
     s.to_csv(args.out/'summary.csv'); p.to_csv(args.out/'paired.csv', index=False)

@@ -154,6 +154,7 @@ def run_sweep(
     freeze_epochs:int=1, lr:float=2e-3, bn_freeze:bool=False, device=None,
     train_pct:float=100, # Percentage of the training images used, stratified, chosen by the seed
     dataset:str='pets', # Recorded with the setup
+    shard:tuple=None, # (K, N): only the K-th of N disjoint slices of the trainings, K from 1; default: all
 ) -> pd.DataFrame: # One row per run; `attrs['trained']`: the models this call trained
     "Train every configuration with every seed on every fold, appending to `out/sweep.csv` and resuming from it"
     files, labels, hier, default_valid = items
@@ -167,11 +168,15 @@ def run_sweep(
                  train_pct=train_pct)
     df = _done_runs(csv, setup)
     done = set(zip(df.get('config', []), df.get('fold', []), df.get('seed', [])))
-    n = len(configs)*len(seeds)*max(folds, 1)
-    todo = [(s, f, (t, v), c) for s in seeds for f,t,v in fold_splits(labels, folds, s, default_valid, train_pct)
-            for c in configs if (c['config'], f, s) not in done]
-    runs = groupby(todo, lambda o: (o[0], o[1], train_key(o[3])))   # decodes of one trained model
-    runs = list(runs.items())
+    every = [(s, f, (t, v), c) for s in seeds for f,t,v in fold_splits(labels, folds, s, default_valid, train_pct)
+             for c in configs]
+    runs = list(groupby(every, lambda o: (o[0], o[1], train_key(o[3]))).items())   # decodes of one trained model
+    # a shard is a slice of the whole, fixed whatever is already done
+    if shard: runs = runs[shard[0]-1::shard[1]]
+    n = sum(len(g) for _,g in runs)
+    runs = [(k, [o for o in g if (o[3]['config'], o[1], o[0]) not in done]) for k,g in runs]
+    runs = [(k,g) for k,g in runs if g]
+    todo = [o for _,g in runs for o in g]
     if todo: print(f"{n} runs: {n-len(todo)} already in {csv}, {len(todo)} to do, from {len(runs)} trainings (the "
                    "decodes of one model share its training)")
     else: print(f"All {n} runs are already in {csv}: nothing to train. To start afresh, give another --out.")
