@@ -26,7 +26,8 @@ def _shard(s):
     k,_,n = s.partition('/')
     try: k,n = int(k),int(n)
     except ValueError: k = n = 0
-    if not 1 <= k <= n: raise argparse.ArgumentTypeError(f"{s!r}: give K/N with 1 <= K <= N, e.g. 2/8")
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"{s!r}: give K/N with 1 <= K <= N, e.g. 2/8")
     return k,n
 
 def _parser():
