@@ -190,6 +190,16 @@ def test_to_fp16_runs_on_cpu():
     learn.fit(2, 1e-2)
     assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
 
+def test_fine_tune_with_to_fp16_and_bf16():
+    "The three parts in one `fine_tune` under `to_fp16()`, and under (emulated) half-precision autocast"
+    from fastai_hier.callback.temperature import TemperatureSchedule
+    for mixed in [lambda l: l.to_fp16(), lambda l: l.add_cb(_BF16Autocast())]:
+        temp = TemperatureSchedule(start=4.)
+        learn = mixed(zoo_learner(cbs=[CoarseToFine(ZOO, coarse_epochs=1), temp], loss_func=HierarchicalLoss(ZOO)))
+        learn.fine_tune(2, 1e-2, freeze_epochs=1)
+        assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
+        assert temp.temperatures[0] == 4. and temp.temperatures[-1] == 1. and output_linear(learn.model)[1].out_features == 10
+
 def test_trackers_only_watch_the_fine_phase(tmp_path):
     learn = zoo_learner(cbs=CoarseToFine(ZOO, coarse_epochs=2, total_epochs=4), path=tmp_path)
     save = SaveModelCallback(monitor='accuracy', fname='best')
