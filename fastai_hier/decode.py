@@ -25,7 +25,7 @@ def as_probs(probs:Tensor, hier:Hierarchy, axis:int, name:str) -> Tensor:
     p = probs.movedim(axis, -1).float()
     # bf16 probabilities are rounded to 1/128
     tol = max(1e-3, 2*torch.finfo(probs.dtype).eps) if probs.is_floating_point() else 1e-3
-    if (p < 0).any() or not torch.allclose(p.sum(-1), p.new_ones(()), atol=tol):
+    if p.amin() < 0 or not torch.allclose(p.sum(-1), p.new_ones(()), atol=tol): # `amin`: no tensor of bools
         raise ValueError(f"`{name}` needs probabilities that sum to 1 along axis {axis}; these do not (logits?): "
                          "apply the loss's `activation` (a softmax) first.")
     return p
@@ -52,8 +52,9 @@ def crm_scores(
     sums = [probs]
     for i in range(1, hier.n_levels): sums.append(hier.sum_to_parents(sums[-1], i-1))
     res = sums[-1]
-    # from the top down: each group adds its parent's running sum to its own probability
-    for i in range(hier.n_levels-1, 0, -1): res = sums[i-1] + hier.copy_to_children(res, i)
+    # from the top down: each group adds its parent's running sum to its own probability (in place: a new tensor the
+    # size of the probabilities costs its page faults)
+    for i in range(hier.n_levels-1, 0, -1): res = hier.copy_to_children(res, i).add_(sums[i-1])
     return res
 
 def crm_risk(
