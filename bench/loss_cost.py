@@ -147,7 +147,7 @@ def bench_losses(device, repeats, rounds, compile_max=10000, only_trees=None):
             rows.append([label if k == 'CrossEntropyLossFlat' else '', k, f'{ms*1e3:.2f}', f'**{statistics.median(rat):.2f}x**',
                          f'{min(rat):.2f}-{max(rat):.2f}x', f'{kept[k]:.1f}' if k in kept else '', f'{peak[k]:.1f}' if k in peak else ''])
     header = ['hierarchy (batch)', 'forward + backward, or call', 'ms', 'time / CE', f'across {rounds} rounds', 'kept for backward, MiB', 'peak, MiB']
-    say(f'\n### Cost against `CrossEntropyLossFlat` forward + backward, on {device_name(device)}\n\n'
+    say(f'\n### Forward + backward, CRM and the metrics against `CrossEntropyLossFlat`, on {device_name(device)}\n\n'
         f'The median over {rounds} rounds of the ratio of the fastest of {repeats} interleaved calls to cross-entropy\'s in the '
         'same round; the losses run forward and backward, `crm_decode` and the metrics on the same logits (their '
         'probabilities for CRM). *Peak* is what the call allocates at its worst, *kept for backward* what the loss saves for '
