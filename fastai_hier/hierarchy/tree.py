@@ -281,9 +281,7 @@ class Hierarchy:
 
     def copy_to_children(self, x:Tensor, level) -> Tensor:
         "Each group of `level - 1` gets the value in `x` of its parent group of `level`, on the last axis"
-        idx = self.table('ups', x.device)[self.level(level)-1]
-        # `gather` on an expanded index: `index_select` on the last axis is several times slower on a CPU
-        return x.gather(-1, idx.expand(*x.shape[:-1], -1))
+        return x.index_select(-1, self.table('ups', x.device)[self.level(level)-1])
 
     @property
     def distances(self) -> Tensor:

@@ -36,8 +36,8 @@ def _expand(top, vals, paths, ups:list, fine_map, n_top:int):
      "`j` where it shares the target's group, `top` where it shares none; `ups` and `fine_map` go down the levels")
     res = top[:,None].expand(-1, n_top).scatter(-1, paths[-1][:,None], vals[:,-1:])
     for j in range(len(ups)-1, -1, -1): # each group takes its parent's value, the target's its own
-        res = res.gather(-1, ups[j].expand(len(res), -1)).scatter_(-1, paths[j][:,None], vals[:,j:j+1])
-    return res.gather(-1, fine_map.expand(len(res), -1))
+        res = res.index_select(-1, ups[j]).scatter_(-1, paths[j][:,None], vals[:,j:j+1])
+    return res.index_select(-1, fine_map)
 
 class _PathNLL(torch.autograd.Function):
     ("Per-item `-sum_l w_l log P_l(target's group)` from float32 logits `x` (N, C), `paths` the target's group at each "
@@ -108,6 +108,13 @@ class TargetPaths(Module):
             self.register_buffer(f'members{l}', hier.members(l), persistent=False)
             self.n_gather = l
         for l in range(hier.n_levels-1): self.register_buffer(f'ups{l}', hier.ups[l], persistent=False)
+
+    @staticmethod
+    def expand(top:Tensor, vals:Tensor, paths:Tensor, ups:list, fine_map:Tensor, n_top:int) -> Tensor:
+        ("(N, C) values per fine class from `vals` (N, levels) on the target's path at a range of levels (`paths` its "
+         "groups there): a class gets the value of the finest of those levels where it shares the target's group, "
+         "`top` (N,) where it shares none; `ups` and `fine_map` go back down the levels")
+        return _expand(top, vals, paths, ups, fine_map, n_top)
 
     def nll(self, x:Tensor, targ:Tensor, w:Tensor, top:int=None) -> Tensor:
         ("Per-item `-sum_l w[...,l] log P_l(target's group)` of logits `x` (N, C), `w` (1 or N, n_levels); `top`, the "

@@ -94,39 +94,47 @@ class HXELoss(TreeBaseLoss):
 # %% ../../nbs/12_tree_losses.ipynb #8dde56e6
 class _SoftLabelsNLL(torch.autograd.Function):
     ("`-sum_j q_j log p_j = lse(x) - q.x` from float32 logits `x` (N, C) with soft labels `c[:,k]` on the classes at "
-     "distance k from the target (`paths`, its group at each level): `q.x` from the group sums of the logits")
+     "distance k from the target (`paths`, its group at each level): `q.x` from the logits' sums over the target's "
+     "groups, gathered (`members`) at the fine levels, summed at the levels `sums`, as `TargetPaths` plans them")
     @staticmethod
-    def forward(ctx, x, targ, c, paths, ups:list, fine_map, n_top:int):
-        N,L = len(x),len(paths)
+    # lists: dynamo mis-binds positional arguments followed by `*args`
+    def forward(ctx, x, targ, c, paths, members:list, sums:list, fine_map, ups:list, n_top:int):
+        (N,C),L = x.shape,len(paths)
         m = x.amax(-1, keepdim=True)
         e = (x - m).mul_(1/math.log(2)).exp2_() # the softmax times its sum; `exp2` is faster than `exp` on a CPU
         tot = e.sum(-1)
-        # the logits' sums over the target's group at each level, then over all classes
-        X = [x.gather(-1, targ[:,None])[:,0]]
-        if L > 1:
-            S = x.new_zeros(N, len(ups[1]) if L > 2 else n_top).scatter_add_(-1, fine_map.expand(N, -1), x)
-            for l in range(1, L):
-                if l > 1: S = S.new_zeros(N, len(ups[l]) if l < L-1 else n_top).index_add_(-1, ups[l-1], S)
-                X.append(S.gather(-1, paths[l][:,None])[:,0])
-        X.append(x.sum(-1))
-        # q.x = sum_k c_k (X_k - X_(k-1)) = sum_k (c_k - c_(k+1)) X_k
-        qx = ((c - F.pad(c[:,1:], (0, 1)))*torch.stack(X, -1)).sum(-1)
-        ctx.n_top = n_top
-        ctx.save_for_backward(e, tot, c, paths, targ, fine_map, *ups)
-        return m[:,0] + tot.log() - qx
+        X = x.new_empty(N, L+1) # the logits' sums over the target's group at each level, then over all classes
+        X[:,0] = x.gather(-1, targ[:,None])[:,0]
+        for l,mb in enumerate(members, 1):
+            idx = mb.index_select(0, paths[l])
+            X[:,l] = x.gather(-1, idx.clamp_max(C-1)).masked_fill_(idx == C, 0.).sum(-1)
+        if sums:
+            S = x.new_zeros(N, len(ups[0]) if ups else n_top).scatter_add_(-1, fine_map.expand(N, -1), x)
+            for j,l in enumerate(sums):
+                if j: S = S.new_zeros(N, len(ups[j]) if j < len(ups) else n_top).index_add_(-1, ups[j-1], S)
+                X[:,l] = S.gather(-1, paths[l][:,None])[:,0]
+        X[:,L] = x.sum(-1)
+        d = c - F.pad(c[:,1:], (0, 1)) # q.x = sum_k c_k (X_k - X_(k-1)) = sum_k (c_k - c_(k+1)) X_k
+        ctx.sums,ctx.n_gather,ctx.n_top = sums,len(members),n_top
+        ctx.save_for_backward(e, tot, c, d, paths, targ, fine_map, *ups, *members)
+        return m[:,0] + tot.log() - (d*X).sum(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        "`g (p - q)`: the soft labels expanded from the target's path with one `gather`, as the hierarchical loss's field"
-        e,tot,c,paths,targ,fine_map,*ups = ctx.saved_tensors
-        L = len(paths)
-        q = c[:,-1:].expand(-1, ctx.n_top).scatter(-1, paths[-1][:,None], c[:,L-1:L]) if L > 1 else None
-        for l in range(L-2, 0, -1):
-            q = q.gather(-1, ups[l].expand(len(q), -1)).scatter_(-1, paths[l][:,None], c[:,l:l+1])
-        q = c[:,-1:].expand_as(e).clone() if q is None else q.gather(-1, fine_map.expand(len(q), -1))
-        q.scatter_(-1, targ[:,None], c[:,:1])
-        return q.mul_(-grad[:,None]).addcmul_(e, (grad/tot)[:,None]), *[None]*6
+        ("`g (p - q)`: the soft labels of the summed levels expanded from the target's path with one `gather`, those "
+         "of the gathered ones added on their members")
+        e,tot,c,d,paths,targ,fine_map,*rest = ctx.saved_tensors
+        sums,C,L = ctx.sums,e.shape[-1],len(paths)
+        ups,members = rest[:len(rest)-ctx.n_gather],rest[len(rest)-ctx.n_gather:]
+        if sums: q = TargetPaths.expand(c[:,L], c[:,sums], paths[sums], ups, fine_map, ctx.n_top)
+        else: q = c[:,L:].expand_as(e).clone()
+        # a class inside the target's group at gathered level l gets c_l - c_(l+1) more: c_k where it joins the path
+        for l,mb in enumerate(members, 1):
+            idx = mb.index_select(0, paths[l])
+            q.scatter_add_(-1, idx.clamp_max(C-1), (idx != C)*d[:,l,None])
+        q.scatter_add_(-1, targ[:,None], d[:,:1])
+        return q.mul_(-grad[:,None]).addcmul_(e, (grad/tot)[:,None]), *[None]*8
 
 class SoftLabelsCrossEntropy(_TreeLoss):
     ("Cross-entropy against soft labels `softmax(-beta*d(y,.)/d_max)` from the tree distances of `hier` (Bertinetto "
@@ -154,8 +162,11 @@ class SoftLabelsCrossEntropy(_TreeLoss):
         n = size - F.pad(size[:,:-1], (1, 0))
         logit = -self.beta*torch.arange(L+1, device=x.device)/self.d_max
         log_c = logit - (n.log() + logit).logsumexp(-1, keepdim=True)
-        return _SoftLabelsNLL.apply(x, targ, log_c.exp(), paths, [getattr(p, f'ups{l}') for l in range(L-1)],
-                                    p.maps[min(1, L-1)], p.n_classes[-1])
+        g = p.n_gather
+        sums = list(range(g+1, L))
+        return _SoftLabelsNLL.apply(x, targ, log_c.exp(), paths, [getattr(p, f'members{l}') for l in range(1, g+1)],
+                                    sums, p.maps[sums[0] if sums else 0], [getattr(p, f'ups{l}') for l in sums[:-1]],
+                                    p.n_classes[-1])
 
     def __setstate__(self, state):
         super().__setstate__(state)
