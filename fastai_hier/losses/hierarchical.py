@@ -31,6 +31,17 @@ def _gathered(x, lse, idx, n:int):
     "Log-probabilities of the classes `idx` (padded with `n`, a class that is none: -inf) from logits `x` and their lse"
     return x.gather(-1, idx.clamp_max(n-1)).sub_(lse).masked_fill_(idx == n, -float('inf'))
 
+def _path_sums(v, paths, fine_map, ups:list, n_top:int):
+    ("Sums of `v` (N, C) over the target's group at a range of levels (`paths` its groups there): one `scatter_add_` "
+     "into the finest level's groups, then the small group tensors up with `ups`")
+    N = len(v)
+    S = v.new_zeros(N, len(ups[0]) if ups else n_top).scatter_add_(-1, fine_map.expand(N, -1), v)
+    res = [S.gather(-1, paths[0][:,None])]
+    for j in range(1, len(paths)):
+        S = S.new_zeros(N, len(ups[j]) if j < len(ups) else n_top).index_add_(-1, ups[j-1], S)
+        res.append(S.gather(-1, paths[j][:,None]))
+    return torch.cat(res, -1)
+
 def _expand(top, vals, paths, ups:list, fine_map, n_top:int):
     ("One value per fine class from values on the target's path: a class gets `vals[:,j]` at the finest summed level "
      "`j` where it shares the target's group, `top` where it shares none; `ups` and `fine_map` go down the levels")
@@ -63,12 +74,10 @@ class _PathNLL(torch.autograd.Function):
         lP.sub_((lse - m)[:,None])
         for v in glp: v.sub_((lse - m)[:,None])
         if sums:
+            lS = (_path_sums(e, paths[sums], fine_map, ups, n_top).log() + s[:,None]).clamp_max(0)
             anchor = lP[:,sums[0]-1]
-            S = e.new_zeros(N, len(ups[0]) if ups else n_top).scatter_add_(-1, fine_map.expand(N, -1), e)
-            for j,l in enumerate(sums):
-                if j: S = S.new_zeros(N, len(ups[j]) if j < len(ups) else n_top).index_add_(-1, ups[j-1], S)
-                # a group holds the one below it: P_l >= P_(l-1) bounds a sum that left the range
-                lP[:,l] = anchor = torch.maximum(anchor, (S.gather(-1, paths[l][:,None])[:,0].log() + s).clamp_max(0))
+            # a group holds the one below it: P_l >= P_(l-1) bounds a sum that left the range
+            for j,l in enumerate(sums): lP[:,l] = anchor = torch.maximum(anchor, lS[:,j])
         ctx.sums,ctx.gather,ctx.n_top = sums,gather,n_top
         ctx.save_for_backward(e, s, lP, w, paths, targ, fine_map, *ups, *members, *glp)
         return -(lP*w).sum(-1)
@@ -108,6 +117,12 @@ class TargetPaths(Module):
             self.register_buffer(f'members{l}', hier.members(l), persistent=False)
             self.n_gather = l
         for l in range(hier.n_levels-1): self.register_buffer(f'ups{l}', hier.ups[l], persistent=False)
+
+    @staticmethod
+    def sums(v:Tensor, paths:Tensor, fine_map:Tensor, ups:list, n_top:int) -> Tensor:
+        ("(N, levels) sums of `v` (N, C) over the target's group at a range of levels, `paths` its groups there, from "
+         "one `scatter_add_` through `fine_map` and sums up `ups`")
+        return _path_sums(v, paths, fine_map, ups, n_top)
 
     @staticmethod
     def expand(top:Tensor, vals:Tensor, paths:Tensor, ups:list, fine_map:Tensor, n_top:int) -> Tensor:

@@ -108,11 +108,7 @@ class _SoftLabelsNLL(torch.autograd.Function):
         for l,mb in enumerate(members, 1):
             idx = mb.index_select(0, paths[l])
             X[:,l] = x.gather(-1, idx.clamp_max(C-1)).masked_fill_(idx == C, 0.).sum(-1)
-        if sums:
-            S = x.new_zeros(N, len(ups[0]) if ups else n_top).scatter_add_(-1, fine_map.expand(N, -1), x)
-            for j,l in enumerate(sums):
-                if j: S = S.new_zeros(N, len(ups[j]) if j < len(ups) else n_top).index_add_(-1, ups[j-1], S)
-                X[:,l] = S.gather(-1, paths[l][:,None])[:,0]
+        if sums: X[:,sums] = TargetPaths.sums(x, paths[sums], fine_map, ups, n_top)
         X[:,L] = x.sum(-1)
         d = c - F.pad(c[:,1:], (0, 1)) # q.x = sum_k c_k (X_k - X_(k-1)) = sum_k (c_k - c_(k+1)) X_k
         ctx.sums,ctx.n_gather,ctx.n_top = sums,len(members),n_top
@@ -122,8 +118,8 @@ class _SoftLabelsNLL(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        ("`g (p - q)`: the soft labels of the summed levels expanded from the target's path with one `gather`, those "
-         "of the gathered ones added on their members")
+        ("`g (p - q)`: the soft labels of the summed levels expanded from the target's path with one `index_select`, "
+         "those of the gathered ones added on their members")
         e,tot,c,d,paths,targ,fine_map,*rest = ctx.saved_tensors
         sums,C,L = ctx.sums,e.shape[-1],len(paths)
         ups,members = rest[:len(rest)-ctx.n_gather],rest[len(rest)-ctx.n_gather:]
