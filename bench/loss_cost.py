@@ -1,25 +1,36 @@
-"""What `HierarchicalLoss` costs: forward plus backward against cross-entropy, side by side in one process.
+"""What the losses, CRM decoding and the metrics cost against cross-entropy, side by side in one process.
 
     python bench/loss_cost.py                  # CPU, one thread (and the GPU too when there is one)
-    python bench/loss_cost.py --threads 2 --repeats 50 --rounds 5
-    python bench/loss_cost.py --device cuda --only losses
+    python bench/loss_cost.py --threads 2 --repeats 20 --rounds 5
+    python bench/loss_cost.py --device cuda --only losses --trees WordNet 100,000
 
-Prints markdown tables: times as ratios to `CrossEntropyLossFlat` (the min over interleaved repeats, in each of
-`--rounds` rounds: the table gives the best round and the spread of the ratio across rounds), the eager and the
-compiled (`torch.compile(fullgraph=True)`) loss, the memory the loss keeps for its backward (and the peak on a GPU),
-the build time of the hierarchies, what the loss adds to a resnet18 training step, the callbacks' cost per batch
-and the `CoarseToFine` switch. Nothing is downloaded: the hierarchies are random trees, the images random tensors.
+Prints markdown tables. For each hierarchy (37 classes to WordNet's 65,218 nouns and 100,000 classes in 7 levels):
+`HierarchicalLoss` (eager, compiled with `torch.compile(fullgraph=True)` up to 10,000 classes, with label smoothing),
+`HXELoss` and `SoftLabelsLoss` forward plus backward, `crm_decode`, and the metrics (level accuracy, mistake severity,
+`HierarchicalDistance@5`), as ratios to `CrossEntropyLossFlat`'s forward plus backward on the same logits: in each of
+`--rounds` rounds the fastest of `--repeats` interleaved calls, and the table gives the median of the rounds and their
+spread. Then the memory each keeps for its backward and its peak, the build time of the hierarchies, what the loss
+adds to a resnet18 training step, the callbacks' cost per batch and the `CoarseToFine` switch. Nothing is downloaded:
+the hierarchies are random trees (and WordNet's, where `wordnet-base` is installed), the images random tensors.
 """
-import argparse, collections, os, platform, random, statistics, time
+import argparse, collections, os, platform, random, statistics, time, weakref
 import torch, torch.nn as nn, torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torchvision.models import resnet18
 from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat, noop
 from fastai_hier.all import *
 
-# (classes at each level, finest first): PETS, an ImageNet-like tree, iNaturalist 2021's 7 ranks
-SIZES = {'37 classes, 2 levels': (37, 2),
-         '1,000 classes, 4 levels': (1000, 300, 60, 10),
-         '10,000 classes, 7 levels': (10000, 4884, 1103, 273, 51, 11, 3)}
+# (classes at each level, finest first), batch size: PETS, flat vocabularies of 1,000 and 10,000 classes in groups,
+# iNaturalist 2021's 7 ranks, a catalogue of 100,000 products, and WordNet's nouns (`Hierarchy.from_wordnet`)
+TREES = {'37 classes, 2 levels': ((37, 2), 256),
+         '1,000 classes, 2 levels': ((1000, 30), 256),
+         '10,000 classes, 2 levels': ((10000, 100), 256),
+         '10,000 classes, 7 levels': ((10000, 4884, 1103, 273, 51, 11, 3), 256),
+         '100,000 classes, 7 levels': ((100000, 48840, 11030, 2730, 510, 110, 30), 64),
+         'WordNet nouns: 65,218 classes, 7 levels': ('wordnet', 64)}
+SIZES = {k: v for k,(v,_) in TREES.items() if v != 'wordnet'}
+WORDNET = '/usr/share/wordnet/data.noun'
 
 def random_tree(sizes, seed=0):
     "Child -> parent links of a random tree with `sizes[i]` groups at level i (none empty), and a shuffled vocab"
@@ -30,19 +41,6 @@ def random_tree(sizes, seed=0):
         kids = rng.sample(kids, len(kids))
         for j,k in enumerate(kids): parents[k] = ups[j] if j < len(ups) else rng.choice(ups)
     return parents, rng.sample(names[0], len(names[0]))
-
-class NaiveLoss:
-    "The textbook formulation: `log` of a sum of `softmax` over hand-sliced groups, at every level"
-    def __init__(self, hier):
-        self.hier = hier
-        self.groups = [[(m == g).nonzero()[:,0] for g in range(n)] for m,n in zip(hier.maps[1:], hier.n_classes[1:])]
-    def __call__(self, x, targ):
-        p = F.softmax(x, -1)
-        loss = -p.gather(1, targ[:,None]).log().mean()
-        for i,groups in enumerate(self.groups, 1):
-            P = torch.stack([p[:,g].sum(1) for g in groups], 1)
-            loss = loss - P.gather(1, self.hier.to_level(targ, i)[:,None]).log().mean()
-        return loss / self.hier.n_levels
 
 OUT = []
 def say(*lines):
@@ -83,35 +81,78 @@ def time_side_by_side(funcs:dict, repeats, device, warmup=2) -> dict:
 def table(rows, header):
     return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|'*len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
 
-def bench_losses(device, bs, repeats, rounds):
+class PeakMemory(TorchDispatchMode):
+    "The peak of the bytes held by the tensors that the operations run inside it allocate (each storage once)"
+    def __init__(self): super().__init__(); self.live = self.peak = 0
+    def _free(self, n): self.live -= n
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in ins and t._base is None:
+                n = t.untyped_storage().nbytes()
+                self.live += n; self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, n)
+        return out
+
+def peak_mib(f) -> float:
+    "MiB at the peak of what `f` allocates"
+    with PeakMemory() as m: f()
+    return m.peak/2**20
+
+def hierarchy(sizes):
+    "The benchmark's `Hierarchy` for `sizes` (a random tree, or WordNet's), and how long it took to build"
+    t = time.perf_counter()
+    hier = Hierarchy.from_wordnet(WORDNET) if sizes == 'wordnet' else Hierarchy.from_parents(*random_tree(sizes))
+    return hier, time.perf_counter() - t
+
+def contenders(hier, device, compiled:bool):
+    "name -> (call, whether it is a loss): the losses' forward and backward, CRM and the metrics on the same logits"
+    hl,hc,hs = HierarchicalLoss(hier),HierarchicalLoss(hier),HierarchicalLoss(hier, label_smoothing=0.1)
+    hxe,soft = HXELoss(hier, alpha=0.5),SoftLabelsLoss(hier, beta=10.)
+    for lf in (hl, hc, hs, hxe, soft): lf.to(device) # fastai's `BaseLoss.to` returns None
+    losses = {'CrossEntropyLossFlat': CrossEntropyLossFlat(), 'HierarchicalLoss': hl}
+    if compiled:
+        hc.func = torch.compile(hc.func, fullgraph=True) # as a user compiles it: the inner module, whole
+        losses['HierarchicalLoss, compiled'] = hc
+    if len(hier) <= 10000: losses['HierarchicalLoss, label_smoothing=0.1'] = hs # the slow path: every group's lse
+    losses.update({'HXELoss(alpha=0.5)': hxe, 'SoftLabelsLoss(beta=10)': soft})
+    return losses, {'crm_decode': lambda x,p,t: crm_decode(p, hier),
+                    'level accuracy (coarsest level)': lambda x,p,t: level_accuracy(x, t, hier, -1),
+                    'mistake severity': lambda x,p,t: mistake_severity(x.argmax(-1), t, hier),
+                    'HierarchicalDistance@5': lambda x,p,t: hierarchical_distance(x, t, hier, k=5)}
+
+def bench_losses(device, repeats, rounds, compile_max=10000, only_trees=None):
     rows,builds = [],[]
-    for label,sizes in SIZES.items():
-        parents,vocab = random_tree(sizes)
-        t = time.perf_counter(); hier = Hierarchy.from_parents(parents, vocab); builds.append((label, f'{time.perf_counter()-t:.3f}'))
-        x = torch.randn(bs, sizes[0], device=device)*3
-        targ = torch.randint(0, sizes[0], (bs,), device=device)
-        hl,compiled,smoothed = HierarchicalLoss(hier),HierarchicalLoss(hier),HierarchicalLoss(hier, label_smoothing=0.1)
-        for lf in (hl, compiled, smoothed): lf.to(device) # fastai's `BaseLoss.to` returns None
-        compiled.func = torch.compile(compiled.func, fullgraph=True) # as a user compiles it: the inner module, whole
-        losses = {'CrossEntropyLossFlat': CrossEntropyLossFlat(), 'HierarchicalLoss': hl, 'HierarchicalLoss, compiled': compiled,
-                  'HierarchicalLoss, label_smoothing=0.1': smoothed, 'naive': NaiveLoss(hier)}
-        mem = {}
-        for k,lf in losses.items():
-            if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-            mem[k] = kept_for_backward(lf, x, targ)/2**20, (torch.cuda.max_memory_allocated()-base)/2**20 if device.type == 'cuda' else None
-        naive_repeats = max(3, repeats//10) if sizes[0] >= 1000 else repeats # seconds a call at 10,000 classes
+    for label,(sizes,bs) in TREES.items():
+        if only_trees and not any(o in label for o in only_trees): continue
+        if sizes == 'wordnet' and not os.path.exists(WORDNET):
+            say(f'\n(WordNet is not installed, `apt-get install -y wordnet-base`: no row for {label})'); continue
+        hier,secs = hierarchy(sizes)
+        builds.append((label, f'{secs:.3f}'))
+        x = torch.randn(bs, len(hier), device=device)*3
+        targ = torch.randint(0, len(hier), (bs,), device=device)
+        probs = x.softmax(-1)
+        losses,others = contenders(hier, device, len(hier) <= compile_max)
+        calls = {k:(lambda lf=lf: fwd_bwd(lf, x, targ)) for k,lf in losses.items()}
+        calls.update({k:(lambda f=f: f(x, probs, targ)) for k,f in others.items()})
+        kept = {k: kept_for_backward(lf, x, targ)/2**20 for k,lf in losses.items()}
+        peak = {k: peak_mib(f) for k,f in calls.items() if 'compiled' not in k} # dynamo does not trace the mode
         ratios = collections.defaultdict(list) # per round: min / CE's min
         for r in range(rounds):
-            times = time_side_by_side({k:(lambda lf=lf: fwd_bwd(lf, x, targ)) for k,lf in losses.items() if k != 'naive'}, repeats, device)
-            if r == 0: times.update(time_side_by_side({'naive': lambda: fwd_bwd(losses['naive'], x, targ)}, naive_repeats, device, warmup=1))
+            times = time_side_by_side(calls, repeats, device)
             for k,ts in times.items(): ratios[k].append((min(ts), min(ts)/min(times['CrossEntropyLossFlat'])))
         for k,rs in ratios.items():
-            best_ms,best = min(rs)
-            rows.append([label, k, f'{best_ms*1e3:.2f}', f'**{min(r for _,r in rs):.2f}x**', f'{min(r for _,r in rs):.2f}-{max(r for _,r in rs):.2f}x', f'{mem[k][0]:.1f}']
-                        + ([f'{mem[k][1]:.1f}'] if device.type == 'cuda' else []))
-    header = ['hierarchy', 'loss', 'min ms', 'min / CE', f'across {rounds} rounds', 'kept for backward, MiB'] + (['peak, MiB'] if device.type == 'cuda' else [])
-    say(f'\n### Forward + backward at batch {bs} on {device_name(device)}\n\n' + table(rows, header))
-    say('\nBuilding each `Hierarchy` with `Hierarchy.from_parents`:\n\n' + table(builds, ['hierarchy', 'seconds']))
+            ms,rat = statistics.median(t for t,_ in rs),[r for _,r in rs]
+            rows.append([label if k == 'CrossEntropyLossFlat' else '', k, f'{ms*1e3:.2f}', f'**{statistics.median(rat):.2f}x**',
+                         f'{min(rat):.2f}-{max(rat):.2f}x', f'{kept[k]:.1f}' if k in kept else '', f'{peak[k]:.1f}' if k in peak else ''])
+    header = ['hierarchy (batch)', 'forward + backward, or call', 'ms', 'time / CE', f'across {rounds} rounds', 'kept for backward, MiB', 'peak, MiB']
+    say(f'\n### Forward + backward, CRM and the metrics against `CrossEntropyLossFlat`, on {device_name(device)}\n\n'
+        f'The median over {rounds} rounds of the ratio of the fastest of {repeats} interleaved calls to cross-entropy\'s in the '
+        'same round; the losses run forward and backward, `crm_decode` and the metrics on the same logits (their '
+        'probabilities for CRM). *Peak* is what the call allocates at its worst, *kept for backward* what the loss saves for '
+        'its backward; the batch is 256, and 64 at 100,000 classes and on WordNet.\n\n' + table(rows, header))
+    say('\nBuilding each `Hierarchy` (`from_parents` on the random trees, `from_wordnet` from `data.noun`):\n\n' + table(builds, ['hierarchy', 'seconds']))
 
 def synthetic_learner(model, n_in, n_classes, loss_func, cbs=None, n=512, bs=64, device=None):
     "A `Learner` on random data, quiet, for timing"
@@ -184,7 +225,7 @@ def device_name(device):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--bs', type=int, default=256, help='batch size of the loss benchmark')
+    p.add_argument('--trees', nargs='*', default=None, help='only the hierarchies whose label holds one of these, e.g. WordNet 100,000')
     p.add_argument('--repeats', type=int, default=30, help='timed calls of each loss, interleaved')
     p.add_argument('--rounds', type=int, default=3, help='rounds of interleaved repeats: the spread of the ratios across them is reported')
     p.add_argument('--only', choices=['losses', 'step', 'callbacks'], default=None, help='run one of the benchmarks')
@@ -200,7 +241,7 @@ if __name__ == '__main__':
     say(f'Measured with torch {torch.__version__} on {platform.platform()}, {os.cpu_count()} cores' + (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') + ':')
     devices = [args.device] if args.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for d in map(torch.device, devices):
-        if args.only in (None, 'losses'): bench_losses(d, args.bs, args.repeats, args.rounds)
+        if args.only in (None, 'losses'): bench_losses(d, args.repeats, args.rounds, only_trees=args.trees)
         if args.only in (None, 'step'): bench_step(d, args.step_bs, args.step_size, args.step_repeats)
         if args.only in (None, 'callbacks'): bench_callbacks(d, args.step_repeats)
     if args.out: open(args.out, 'w').write('\n'.join(OUT).strip() + '\n')

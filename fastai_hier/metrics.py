@@ -41,9 +41,11 @@ def _level_counts(inp, targ, hier, level, axis=-1):
     "Float sums of the right predictions at `level` and of the items whose target defines it"
     level,(inp,targ) = hier.level(level),flatten_preds(inp, targ, axis)
     fine,node_level = check_node_targets(targ, hier, 'LevelAccuracy')
-    log_probs = inp.float().log_softmax(-1)
-    log_probs = spread_to_fine(log_probs, hier, input_level(inp, hier, level, 'LevelAccuracy'))
-    pred = hier.coarsen(log_probs, level).argmax(-1)
+    # the most probable group has a probability of at least 1/(its level's groups): plain sums of the softmax find it,
+    # from the input's level up, with no log-sum-exp (a max per group) at each level
+    p = inp.float().softmax(-1)
+    for i in range(input_level(inp, hier, level, 'LevelAccuracy'), level): p = hier.sum_to_parents(p, i)
+    pred = p.argmax(-1)
     defined = node_level <= level
     return ((pred == hier.to_level(fine, level)) & defined).float().sum(),defined.float().sum()
 

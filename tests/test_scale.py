@@ -86,3 +86,33 @@ def test_label_smoothing_matches_dense_formula():
         ref = ref + w*((1-eps)*nll - eps*log_P.mean(-1))
     loss = HierarchicalLoss(hier, weights, label_smoothing=eps)(x, targ)
     assert math.isclose(loss.item(), ref.mean().item(), rel_tol=1e-5)
+
+def test_crm_needs_no_class_by_class_matrix(big):
+    "CRM at 10,000 classes from the group sums: the risk of the class it picks is the least, by brute force on a sample"
+    from fastai_hier.all import crm_decode, crm_risk
+    torch.manual_seed(0)
+    p = (torch.randn(4, 10000)*3).softmax(-1)
+    pred = crm_decode(p, big)
+    assert big._distances is None
+    # brute force for the chosen class and 500 others, in float64: sum_i p_i d(i, j), d from the index tensors
+    cand = torch.cat([pred[:,None], torch.randint(0, 10000, (4, 500))], 1)
+    i = torch.arange(10000)
+    brute = torch.stack([torch.stack([(p[r].double()*big.distance(i, j).double()).sum() for j in cand[r]]) for r in range(4)])
+    assert (brute[:,:1] <= brute[:,1:] + 1e-9).all()
+    assert torch.allclose(crm_risk(p, big).gather(1, cand).double(), brute, atol=1e-4)
+    assert big._distances is None
+
+@pytest.mark.skipif(not Path('/usr/share/wordnet/data.noun').exists(), reason='WordNet is not installed (apt-get install -y wordnet-base)')
+def test_wordnet_losses_match_the_log_space_reference():
+    "WordNet's giant, ragged groups: every level summed; the loss and its gradient against float64"
+    wn = Hierarchy.from_wordnet()
+    torch.manual_seed(0)
+    x,targ = torch.randn(4, len(wn))*4,torch.randint(0, len(wn), (4,))
+    xg = x.clone().requires_grad_()
+    loss = HierarchicalLoss(wn)(xg, targ)
+    loss.backward()
+    xr = x.double().requires_grad_()
+    ref = reference(xr, targ, wn, [1/7]*7)
+    ref.backward()
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
+    assert torch.allclose(xg.grad.double(), xr.grad, atol=1e-7)

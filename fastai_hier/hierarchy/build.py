@@ -1,4 +1,4 @@
-"""`Hierarchy.from_parents`, `from_df`, `from_dict` and `from_func`: a hierarchy from the table you have.
+"""`Hierarchy.from_parents`, `from_df`, `from_dict` and `from_func`: a hierarchy from the table you have; `from_wordnet`: WordNet's nouns.
 
 Docs: https://fastai-hier.github.io/fastai_hier/build.html.md"""
 
@@ -98,3 +98,37 @@ def from_dict(cls:Hierarchy,
 ):
     "A `Hierarchy` from a nested dict, top groups first"
     return cls(_walk(tree, None, {}), vocab, names)
+
+# %% ../../nbs/01_build.ipynb #5e1d0a7b
+def _first_hypernyms(path) -> tuple:
+    "Each noun synset's first hypernym (`@`, or `@i` for an instance), and its name, from WordNet's `data.noun`"
+    parents,names = {},{}
+    for line in open(path, encoding='utf-8'):
+        if line.startswith('  '): continue # the licence
+        f = line.split(' | ', 1)[0].split()
+        off,k = f[0],4 + 2*int(f[3], 16) # the words come in (word, lex_id) pairs; then the pointer count
+        names[off] = f'{f[4]}.{off}' # a word names several synsets: the offset tells them apart
+        hyp = next((f[j+1] for j in range(k+1, k+1+4*int(f[k]), 4) if f[j] in ('@', '@i')), None)
+        if hyp is not None: parents[off] = hyp
+    return parents,names
+
+@patch(cls_method=True)
+def from_wordnet(cls:Hierarchy,
+    path:str='/usr/share/wordnet/data.noun', # WordNet's noun database (Debian: `apt-get install wordnet-base`)
+    levels:int=7, # Levels kept: the leaf nouns, and their ancestors at the `levels-1` depths below the root
+):
+    ("A `Hierarchy` over WordNet's leaf nouns (65,218 in WordNet 3.0), each under its first hypernym, cut to `levels` "
+     "levels: a noun's coarser levels are its ancestors nearest the root, which is dropped (one group says nothing)")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"No WordNet noun database at {path}: install it (Debian: `apt-get install -y "
+                                "wordnet-base`) or give its `data.noun` as `path`.")
+    if not (isinstance(levels, int) and levels >= 2):
+        raise ValueError(f"`levels` is {levels!r}: give an integer of at least 2 (the leaf nouns and one level above).")
+    up,names = _first_hypernyms(path)
+    inner,res = set(up.values()),{}
+    for leaf in (o for o in names if o not in inner):
+        chain = [leaf]
+        while chain[-1] in up: chain.append(up[chain[-1]])
+        top = chain[-2:0:-1][:levels-1] # the ancestors below the root, nearest it first
+        _add_chain(res, [names[o] for o in [leaf, *top[::-1]]])
+    return cls(res)

@@ -12,22 +12,32 @@ from fastai.basics import *
 from ..hierarchy import *
 from ..core import *
 from .base import *
+from .hierarchical import TargetPaths
 
 # %% ../../nbs/12_tree_losses.ipynb #a6691a5a
 class _TreeLoss(Module):
-    "A loss per item over the fine classes of `hier`, from log-probabilities, in float32, reduced like PyTorch's losses"
+    ("A loss per item over the fine classes of `hier`, from float32 logits, reduced like PyTorch's losses; `paths` "
+     "holds the tables of the target's groups")
     y_int = True # y interpolation
-    def __init__(self, hier, ignore_index=-100, reduction='mean'): store_attr('hier,ignore_index,reduction')
-    def per_item(self, log_probs:Tensor, targ:Tensor) -> Tensor:
+    def __init__(self, hier, ignore_index=-100, reduction='mean'):
+        store_attr('hier,ignore_index,reduction')
+        self.paths = TargetPaths(hier)
+    def per_item(self, x:Tensor, targ:Tensor) -> Tensor:
+        "The loss of each row of the float32 logits `x` (N, C) for the class indices `targ` (N,)"
         raise NotImplementedError
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
         check_targets(inp, targ, self.hier, self.ignore_index)
         with torch.autocast(inp.device.type, enabled=False):
             keep = targ != self.ignore_index
-            loss = self.per_item(F.log_softmax(inp.float(), dim=-1), targ.where(keep, 0))*keep
+            x,t = inp.float(),targ.where(keep, 0)
+            loss = self.per_item(x.reshape(-1, x.shape[-1]), t.reshape(-1)).view(t.shape)*keep
         if self.reduction == 'none': return loss
         return loss.sum() if self.reduction == 'sum' else loss.sum()/keep.sum()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if 'paths' not in self._modules: self.paths = TargetPaths(self.hier) # exported before `TargetPaths`
 
 # %% ../../nbs/12_tree_losses.ipynb #2c229e94
 class HXE(_TreeLoss):
@@ -45,12 +55,23 @@ class HXE(_TreeLoss):
         super().__init__(hier, ignore_index, reduction)
         self.alpha = alpha
 
-    def per_item(self, log_probs, targ):
-        h = self.hier
-        # log-probability of the target's node at each level, then of the root
-        lp = [h.coarsen(log_probs, i).gather(-1, h.to_level(targ, i)[...,None])[...,0] for i in range(h.n_levels)]
-        lp.append(0.)
-        return -sum(math.exp(-self.alpha*(h.n_levels-i))*(lp[i] - lp[i+1]) for i in range(h.n_levels))
+    @property
+    def alpha(self) -> float: return self._alpha
+    @alpha.setter
+    def alpha(self, a):
+        self._alpha,L = a,self.hier.n_levels
+        # -sum_l lam_l (log P_l - log P_(l+1)) telescopes into -sum_l (lam_l - lam_(l-1)) log P_l: a hierarchical
+        # loss with positive level weights, since lam_l = exp(-alpha (L-l)) grows towards the root
+        lam = [math.exp(-a*(L-i)) for i in range(L)]
+        w = self.paths.maps.new_tensor([lam[0]] + [b-a for a,b in zip(lam, lam[1:])], dtype=torch.float)
+        self.register_buffer('_level_weights', w[None], persistent=False)
+
+    def per_item(self, x, targ): return self.paths.nll(x, targ, self._level_weights)
+
+    def __setstate__(self, state):
+        alpha = state.pop('alpha', None) # exported before `alpha` was a property
+        super().__setstate__(state)
+        if alpha is not None: self.alpha = alpha
 
 # %% ../../nbs/12_tree_losses.ipynb #b2258b2f
 @delegates(HXE)
@@ -71,6 +92,46 @@ class HXELoss(TreeBaseLoss):
     alpha = inner_attr('alpha', "Discount of the fine decisions")
 
 # %% ../../nbs/12_tree_losses.ipynb #8dde56e6
+class _SoftLabelsNLL(torch.autograd.Function):
+    ("`-sum_j q_j log p_j = lse(x) - q.x` from float32 logits `x` (N, C) with soft labels `c[:,k]` on the classes at "
+     "distance k from the target (`paths`, its group at each level): `q.x` from the logits' sums over the target's "
+     "groups, gathered (`members`) at the fine levels, summed at the levels `sums`, as `TargetPaths` plans them")
+    @staticmethod
+    # lists: dynamo mis-binds positional arguments followed by `*args`
+    def forward(ctx, x, targ, c, paths, members:list, sums:list, fine_map, ups:list, n_top:int):
+        (N,C),L = x.shape,len(paths)
+        m = x.amax(-1, keepdim=True)
+        e = (x - m).mul_(1/math.log(2)).exp2_() # the softmax times its sum; `exp2` is faster than `exp` on a CPU
+        tot = e.sum(-1)
+        X = x.new_empty(N, L+1) # the logits' sums over the target's group at each level, then over all classes
+        X[:,0] = x.gather(-1, targ[:,None])[:,0]
+        for l,mb in enumerate(members, 1):
+            idx = mb.index_select(0, paths[l])
+            X[:,l] = x.gather(-1, idx.clamp_max(C-1)).masked_fill_(idx == C, 0.).sum(-1)
+        if sums: X[:,sums] = TargetPaths.sums(x, paths[sums], fine_map, ups, n_top)
+        X[:,L] = x.sum(-1)
+        d = c - F.pad(c[:,1:], (0, 1)) # q.x = sum_k c_k (X_k - X_(k-1)) = sum_k (c_k - c_(k+1)) X_k
+        ctx.sums,ctx.n_gather,ctx.n_top = sums,len(members),n_top
+        ctx.save_for_backward(e, tot, c, d, paths, targ, fine_map, *ups, *members)
+        return m[:,0] + tot.log() - (d*X).sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        ("`g (p - q)`: the soft labels of the summed levels expanded from the target's path with one `index_select`, "
+         "those of the gathered ones added on their members")
+        e,tot,c,d,paths,targ,fine_map,*rest = ctx.saved_tensors
+        sums,C,L = ctx.sums,e.shape[-1],len(paths)
+        ups,members = rest[:len(rest)-ctx.n_gather],rest[len(rest)-ctx.n_gather:]
+        if sums: q = TargetPaths.expand(c[:,L], c[:,sums], paths[sums], ups, fine_map, ctx.n_top)
+        else: q = c[:,L:].expand_as(e).clone()
+        # a class inside the target's group at gathered level l gets c_l - c_(l+1) more: c_k where it joins the path
+        for l,mb in enumerate(members, 1):
+            idx = mb.index_select(0, paths[l])
+            q.scatter_add_(-1, idx.clamp_max(C-1), (idx != C)*d[:,l,None])
+        q.scatter_add_(-1, targ[:,None], d[:,:1])
+        return q.mul_(-grad[:,None]).addcmul_(e, (grad/tot)[:,None]), *[None]*8
+
 class SoftLabelsCrossEntropy(_TreeLoss):
     ("Cross-entropy against soft labels `softmax(-beta*d(y,.)/d_max)` from the tree distances of `hier` (Bertinetto "
      "et al. 2020)")
@@ -85,11 +146,30 @@ class SoftLabelsCrossEntropy(_TreeLoss):
         super().__init__(hier, ignore_index, reduction)
         # two classes differ at most at every level with several groups
         self.beta,self.d_max = beta,max(sum(n > 1 for n in hier.n_classes), 1)
+        self._register_sizes()
 
-    def per_item(self, log_probs, targ):
-        classes = torch.arange(len(self.hier), device=targ.device)
-        d = self.hier.distance(targ[...,None], classes).float()
-        return -(F.softmax(-self.beta*d/self.d_max, dim=-1)*log_probs).sum(-1)
+    def per_item(self, x, targ):
+        p = self.paths
+        L,(N,C) = p.n_levels,x.shape
+        paths = p.maps.index_select(1, targ)
+        # the classes at distance k from the target join its path at level k: n_k of them, each with soft label c_k
+        size = torch.stack([x.new_ones(N)] + [getattr(self, f'_sizes{l}')[paths[l]] for l in range(1, L)]
+                           + [x.new_full((N,), C)], -1)
+        n = size - F.pad(size[:,:-1], (1, 0))
+        logit = -self.beta*torch.arange(L+1, device=x.device)/self.d_max
+        log_c = logit - (n.log() + logit).logsumexp(-1, keepdim=True)
+        g = p.n_gather
+        sums = list(range(g+1, L))
+        return _SoftLabelsNLL.apply(x, targ, log_c.exp(), paths, [getattr(p, f'members{l}') for l in range(1, g+1)],
+                                    sums, p.maps[sums[0] if sums else 0], [getattr(p, f'ups{l}') for l in sums[:-1]],
+                                    p.n_classes[-1])
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if '_sizes1' not in self._buffers: self._register_sizes() # exported before the group sums
+    def _register_sizes(self):
+        for l in range(1, self.hier.n_levels):
+            self.register_buffer(f'_sizes{l}', self.hier.group_sizes(l).float(), persistent=False)
 
 # %% ../../nbs/12_tree_losses.ipynb #bf998bfb
 @delegates(SoftLabelsCrossEntropy)
