@@ -19,7 +19,7 @@ def flat_top_k_accuracy(inp, targ, k=5, axis=-1):
     ("Fraction of targets among the `k` highest predictions along `axis`, any other axes flattened; `k` at most the "
      "number of classes")
     inp,targ = flatten_preds(inp, targ, axis)
-    topk = inp.topk(min(k, inp.shape[-1]), dim=-1).indices
+    topk = inp.topk(min(check_k(k), inp.shape[-1]), dim=-1).indices
     return (topk == targ[:,None]).any(-1).float().mean()
 
 # %% ../nbs/20_metrics.ipynb #d6185299
@@ -134,7 +134,7 @@ def hierarchical_distance(inp, targ, hier, k=1, axis=-1):
     "Mean tree distance between the target and each of the top `k` predictions, on the levels the target defines"
     inp,targ = flatten_preds(inp, targ, axis)
     check_width(inp, hier, 'HierarchicalDistance')
-    topk = inp.topk(min(k, inp.shape[-1]), dim=-1).indices
+    topk = inp.topk(min(check_k(k), inp.shape[-1]), dim=-1).indices
     fine,level = check_node_targets(targ, hier, 'HierarchicalDistance')
     return tree_distance(topk, fine[:,None], level[:,None], hier).float().mean()
 
@@ -142,7 +142,8 @@ def hierarchical_distance(inp, targ, hier, k=1, axis=-1):
 class HierarchicalDistance(AvgMetric):
     "Mean tree distance of the top-`k` predictions; the column is named after `k`"
     def __init__(self, hier:Hierarchy, k:int=5, axis:int=-1):
-        self.hier,self.k = hier,k # `hier`: checked against `dls.vocab` at each fit
+        # refused rather than clipped: `hier_distance@5` over 3 classes would name a measure it is not
+        self.hier,self.k = hier,check_k(k, '`k`', len(hier)) # `hier`: checked against `dls.vocab` at each fit
         super().__init__(partial(hierarchical_distance, hier=hier, k=k, axis=axis))
     @property
     def name(self): return f'hier_distance@{self.k}'

@@ -166,6 +166,12 @@ class MultiLevelCrossEntropy(Module):
             if level_weights is not None:
                 raise ValueError("Give the level weights once, as `level_weights` (`weights` is its deprecated name).")
             level_weights = weights
+        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+            raise ValueError(f"`label_smoothing` is {label_smoothing!r}: give a fraction from 0 (none) up to 1, as in "
+                             "`nn.CrossEntropyLoss`.")
+        if weight is not None and not (isinstance(weight, Tensor) and weight.shape == (len(hier),)):
+            raise ValueError(f"`weight` is {weight!r}: give one weight per fine class, a tensor of {len(hier)}, as in "
+                             "`nn.CrossEntropyLoss`; the weights of the levels are `level_weights`.")
         store_attr('hier,label_smoothing,temperature,ignore_index,reduction,partial_labels')
         self.register_buffer('weight', weight)
         # the tables the computation reads, as buffers: they follow `.to(device)` and are constants to `torch.compile`
