@@ -69,14 +69,20 @@ def test_bad_options(argv, msg, capsys):
     with pytest.raises(SystemExit) as e: main(['train', '--dataset', 'fashion-mnist'] + argv)
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
-def test_sweeps_validate_the_final_model_only(data):
-    "`final_only`: the epochs before the last are not validated (NaN in the log), and the final model is scored on every test image"
-    from fastai_hier.cli import train_run, config, make_dls
+def test_curves_score_every_epoch_on_every_test_image(data):
+    "`EpochLog(hier, ...)`: each epoch's validation on the 10,000 test images, under each decode, with top-k; the last epoch is the final model"
+    from fastai_hier.cli import train_run, config, make_dls, EpochLog, evaluate
     images, labels, test_idx = data
     hier = fashion_mnist_hierarchy()
     (_, t, v), = fold_splits(labels, 0, 0, test_idx, 1)
     dls = make_dls(images, labels, hier, v, bs=32, train_idx=t)
-    learn, log = train_run(dls, hier, config('ce'), 'fashion_cnn', False, epochs=3, freeze_epochs=0, lr=1e-2, quiet=True, final_only=True)
-    assert log.valid_loss.isna().tolist() == [True, True, False] and log.train_loss.notna().all()
+    log = EpochLog(hier, ['argmax', 'crm'], top_k=[2, 3])
+    learn, rows = train_run(dls, hier, config('ce'), 'fashion_cnn', False, epochs=3, freeze_epochs=0, lr=1e-2, quiet=True, log=log)
+    curves = pd.DataFrame(log.curves)
+    assert len(curves) == 6 and curves.groupby('decode').epoch.apply(list).tolist() == [[0, 1, 2]]*2
+    assert curves.seconds.is_monotonic_increasing and (curves.seconds > 0).all()
+    assert (curves.top3_accuracy >= curves.top2_accuracy).all() and (curves.top2_accuracy >= curves.class_accuracy).all()
     probs, targ = learn.get_preds()
     assert probs.shape == (10000, 10) and len(targ) == 10000
+    last = curves[curves.decode == 'crm'].iloc[-1]
+    for k,v in evaluate(probs, targ, hier, 'crm', [2, 3]).items(): assert abs(last[k] - v) < 1e-6, k

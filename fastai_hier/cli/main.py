@@ -11,6 +11,7 @@ __all__ = ['parse_weights', 'main']
 from fastai.vision.all import *
 from ..hierarchy import *
 from ..losses import HierarchicalLoss
+from ..core import check_k
 from ..data.backbone import LITE0_ARCH
 from .study import *
 from .run import *
@@ -59,6 +60,11 @@ def _parser():
                                            'split (default: %(default)s)')
     a('--no-pretrained', dest='pretrained', action='store_false', help='start from random weights')
     a('--no-aug', dest='aug', action='store_false', help='no aug_transforms')
+    a('--resize', choices=['crop', 'squish', 'pad'], default='crop',
+      help="Resize's method: crop (fastai's default, a random crop of each training image), squish or pad "
+           "(default: %(default)s)")
+    a('--cache', action='store_true', help="train the head on the frozen body's features, computed once per image "
+                                           "(FeatureCache): with --epochs 0, --bn-freeze, --no-aug, --resize squish")
     a('--bn-freeze', action='store_true', help="keep the frozen body's BatchNorm layers as pretrained: statistics "
                                                "(fastai's BnFreeze) and parameters (train_bn=False)")
     a('--device', default=None, help='cpu, cuda, cuda:1, mps... (default: the GPU if there is one, else the CPU)')
@@ -90,6 +96,8 @@ def _parser():
                         "(default: no schedule)")
     s.add_argument('--coarse-epochs', type=_or_none(int), default=[],
                    help="coarse epochs to cross with w, 'none' for no coarse phase: e.g. none,1 (default: none)")
+    s.add_argument('--top-k', type=_ints, help='top-k accuracies to measure, e.g. 3,5 (default: 3,5, or 2,3 for '
+                                              'fashion-mnist; each below the number of classes)')
     s.add_argument('--shard', type=_shard, help="K/N: train only the K-th of N disjoint slices of the runs (a Slurm "
                    "array's task K of N, say); the slices' sweep.csv files, concatenated, make the whole study")
     return p
@@ -166,9 +174,10 @@ def _train(args, items):
     build_config(cfg, hier, args.freeze_epochs + args.epochs, groups)
     logs, evals = [], []
     for f,t,v in fold_splits(labels, args.folds, args.seed, valid, args.train_pct):
-        dls = make_dls(files, labels, hier, v, args.size, args.bs, args.aug, args.device, train_idx=t)
+        dls = make_dls(files, labels, hier, v, args.size, args.bs, args.aug, args.device, train_idx=t,
+                       resize=args.resize)
         learn, log = train_run(dls, hier, cfg, args.arch, args.pretrained, args.epochs, args.freeze_epochs, args.lr,
-                               args.seed, args.bn_freeze, groups=groups)
+                               args.seed, args.bn_freeze, groups=groups, cache={} if args.cache else None)
         logs.append(log.assign(fold=f))
         evals.append(dict(fold=f, **evaluate(*learn.get_preds(), hier, args.decode)))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +219,8 @@ def _setup_line(args, items, df):
     else: train = f"the head on the frozen body, fit_one_cycle({args.freeze_epochs})"
     return (f"{split}{f' ({args.per_breed} per breed)' if args.per_breed else ''}; {args.arch} "
             f"{'pretrained' if args.pretrained else 'from scratch'}, {args.size} px"
-            f"{', aug_transforms' if args.aug else ''}{', BnFreeze' if args.bn_freeze else ''}, bs {args.bs}, {train}, "
+            f"{f', Resize {args.resize}' if args.resize != 'crop' else ''}{', aug_transforms' if args.aug else ''}"
+            f"{', BnFreeze' if args.bn_freeze else ''}{', FeatureCache' if args.cache else ''}, bs {args.bs}, {train}, "
             f"lr {args.lr:g}; seeds {','.join(map(str, args.seeds))}; "
             f"{len(df)} runs, {df.drop_duplicates(['fold', 'seed', 'time']).time.sum()/60:.0f} min of training on "
             f"{_hardware(args.device)}; {time.strftime('%Y-%m-%d')}.")
@@ -218,9 +228,12 @@ def _setup_line(args, items, df):
 def _sweep(args, items):
     if args.study: configs = read_study(args.study)
     else: configs = grid_configs(args.w, args.temperatures or [None], args.coarse_epochs or [None])
+    n = items[2].n_classes[0]
+    top_k = args.top_k or [k for k in ((2, 3) if args.dataset == 'fashion-mnist' else (3, 5)) if k < n]
+    for k in top_k: check_k(k, '--top-k', n)
     df = run_sweep(items, args.out, configs, args.seeds, args.folds, args.arch, args.pretrained, args.size, args.bs,
                    args.aug, args.epochs, args.freeze_epochs, args.lr, args.bn_freeze, args.device, args.train_pct,
-                   args.dataset, args.shard)
+                   args.dataset, args.shard, top_k, args.resize, args.cache)
     if not df.attrs['trained'] and (args.out/'summary.md').exists(): return # its report is written: leave it as it is
     s, p = summarize(df), paired_differences(df, configs[0]['config'])
     s.to_csv(args.out/'summary.csv'); p.to_csv(args.out/'paired.csv', index=False)

@@ -110,14 +110,15 @@ def load_items(
 
 # %% ../../nbs/60_study.ipynb #76880409
 def make_dls(files, labels, hier, valid_idx, size:int=224, bs:int=64, aug:bool=True, device=None,
-             train_idx=None) -> DataLoaders:
+             train_idx=None, resize:str='crop') -> DataLoaders:
     ("Dataloaders of `files` (or a tensor of grey images) labelled with `labels`, nodes of `hier` (`HierarchyBlock`), "
-     "training on `train_idx` (default: all the others) and validating on `valid_idx`")
+     "training on `train_idx` (default: all the others) and validating on `valid_idx`; images resized by `resize`, "
+     "`Resize`'s method")
     if train_idx is None: train_idx = sorted(set(range(len(labels))) - set(valid_idx))
     if isinstance(files, Tensor): return tensor_dls(files, labels, hier.vocab, train_idx, valid_idx, bs, device)
     idx = list(train_idx) + list(valid_idx)
     block = DataBlock(blocks=(ImageBlock, HierarchyBlock(hier)), get_x=ItemGetter(0), get_y=ItemGetter(1),
-                      splitter=IndexSplitter(range(len(train_idx), len(idx))), item_tfms=Resize(size),
+                      splitter=IndexSplitter(range(len(train_idx), len(idx))), item_tfms=Resize(size, method=resize),
                       batch_tfms=aug_transforms() if aug else None)
     dls = block.dataloaders([(files[i], labels[i]) for i in idx], bs=bs, device=device)
     if not len(dls.train):
