@@ -5,16 +5,26 @@
 # Each sweep resumes from its sweep.csv; PETS needs the sample (scripts/pets_sample.py) or PETS under FASTAI_HOME.
 #   scripts/claims_study.sh            # all three, one after the other
 #   scripts/claims_study.sh pets       # or one of pets, pct1, pct10; then `python scripts/claims_report.py`
+#   scripts/claims_study.sh cache      # the PETS study's time with and without FeatureCache, on the same slice of
+#                                      # its trainings (--shard 1/30), side by side: results/claims/cache_timing.csv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 study="--study studies/claims.json --lr 1e-2"
 fashion="$study --dataset fashion-mnist --seeds 0,1,2,3,4"
+pets="$study --arch tf_efficientnet_lite0 --per-breed 10 --size 128 --resize squish --bs 32 --epochs 0 --freeze-epochs 8"
+pets="$pets --bn-freeze --no-aug --folds 5 --seeds 0,1,2,3,4,5"
+timed() { # seconds of one sweep of the slice into a fresh folder
+  local out; out=$(mktemp -d); local t0; t0=$(date +%s.%N)
+  fastai-hier sweep $pets --shard 1/30 "$@" --out "$out" > /dev/null
+  python -c "print(round($(date +%s.%N) - $t0, 1))"; rm -rf "$out"
+}
 run() {
   case "$1" in
-    pets) fastai-hier sweep $study --arch tf_efficientnet_lite0 --per-breed 10 --size 128 --resize squish --bs 32 \
-            --epochs 0 --freeze-epochs 8 --bn-freeze --no-aug --cache --folds 5 --seeds 0,1,2,3,4,5 --out results/claims/pets ;;
+    pets) fastai-hier sweep $pets --cache --out results/claims/pets ;;
+    cache) { echo "slice,trainings,seconds_without_cache,seconds_with_cache"
+             echo "1/30,13,$(timed),$(timed --cache)"; } > results/claims/cache_timing.csv ;;
     pct1) fastai-hier sweep $fashion --train-pct 1 --epochs 16 --bs 32 --out results/claims/fashion_mnist_pct1 ;;
     pct10) fastai-hier sweep $fashion --train-pct 10 --epochs 8 --bs 128 --out results/claims/fashion_mnist_pct10 ;;
   esac
 }
-if [ $# -gt 0 ]; then run "$1"; else for s in pets pct1 pct10; do run $s; done; python scripts/claims_report.py; fi
+if [ $# -gt 0 ]; then run "$1"; else for s in pets cache pct1 pct10; do run $s; done; python scripts/claims_report.py; fi

@@ -6,14 +6,14 @@ Docs: https://fastai-hier.github.io/fastai_hier/report.html.md"""
 
 # %% auto #0
 __all__ = ['LOWER_IS_BETTER', 'metric_cols', 'summarize', 'paired_differences', 'summary_markdown', 'paired_markdown',
-           'verdict_lines', 'plot_paired']
+           'verdict_lines', 'plot_paired', 'curve_bands', 'plot_curves', 'reach_runs']
 
 # %% ../../nbs/62_report.ipynb #ce43ef84
 from fastai.basics import *
 import scipy.stats
 
 # %% ../../nbs/62_report.ipynb #40a6cf91
-LOWER_IS_BETTER = ('mistake_severity', 'hier_distance@5', 'ece')
+LOWER_IS_BETTER = ('mistake_severity', 'hier_distance@5', 'ece', 'epochs_to_reach', 'seconds_to_reach')
 
 def metric_cols(df):
     "The metric columns of a sweep's rows: the accuracies, then the metrics where lower is better"
@@ -116,3 +116,57 @@ def plot_paired(p:pd.DataFrame, fname=None):
     fig.tight_layout()
     if fname: fig.savefig(fname, dpi=100); plt.close(fig)
     return fig
+
+# %% ../../nbs/62_report.ipynb #7c1e2a90
+def _band(x, conf=.95):
+    "Mean and `conf` Student's t interval of the mean of `x` (no interval for one value)"
+    x = x.dropna()
+    h = scipy.stats.t.ppf((1+conf)/2, len(x)-1) * x.std()/np.sqrt(len(x)) if len(x) > 1 else np.nan
+    return pd.Series(dict(mean=x.mean(), lo=x.mean()-h, hi=x.mean()+h, runs=len(x)))
+
+def curve_bands(curves:pd.DataFrame, metric:str, conf:float=0.95) -> pd.DataFrame:
+    ("Per configuration and epoch: the mean of `metric` over the runs with its `conf` interval, and the mean seconds "
+     "of training so far")
+    g = curves.groupby(['config', 'epoch'], sort=False)
+    res = g[metric].apply(_band, conf=conf).unstack()
+    return res.assign(seconds=g.seconds.mean()).reset_index()
+
+def plot_curves(curves:pd.DataFrame, metric:str, configs:list=None, fname=None, title:str=None):
+    "`metric` of each configuration against the epoch and against the seconds of training: mean and 95% band"
+    b = curve_bands(curves, metric)
+    configs = ifnone(configs, list(dict.fromkeys(curves.config)))
+    fig,axs = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for c in configs:
+        d = b[b.config == c]
+        for ax,x in zip(axs, (d.epoch+1, d.seconds)):
+            line, = ax.plot(x, d['mean'], marker='o', ms=3, label=c)
+            ax.fill_between(x, d.lo, d.hi, color=line.get_color(), alpha=.15, lw=0)
+    axs[0].set(xlabel='epoch', ylabel=metric)
+    axs[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axs[1].set(xlabel='seconds of training (mean over the runs)')
+    axs[1].legend(fontsize=7)
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if fname: fig.savefig(fname, dpi=100); plt.close(fig)
+    return fig
+
+# %% ../../nbs/62_report.ipynb #4b9d0e31
+def reach_runs(
+    curves:pd.DataFrame, # A sweep's curves.csv
+    metric:str, # An accuracy, higher is better
+    baseline:str=None, # Whose final value sets the mark; default: the first configuration
+    frac:float=0.95, # The mark: this fraction of the baseline's final `metric` on the same fold and seed
+    folds:int=0, # The sweep's folds (for the intervals of `paired_differences`)
+) -> pd.DataFrame: # One row per run: `epochs_to_reach` and `seconds_to_reach`, NaN where never reached
+    "The epochs and seconds of training each run took to reach `frac` of the baseline's final `metric`"
+    baseline = ifnone(baseline, curves.config.iloc[0])
+    key = ['fold', 'seed']
+    last = curves[curves.config == baseline].sort_values('epoch').groupby(key)[metric].last()
+    rows = []
+    for (c,f,s),d in curves.groupby(['config', 'fold', 'seed'], sort=False):
+        hit = d[d[metric] >= frac*last.get((f, s), np.nan)].sort_values('epoch')
+        first = hit.iloc[0] if len(hit) else None
+        rows.append(dict(config=c, fold=f, seed=s, folds=folds,
+                         epochs_to_reach=first.epoch+1 if first is not None else np.nan,
+                         seconds_to_reach=first.seconds if first is not None else np.nan))
+    return pd.DataFrame(rows)
