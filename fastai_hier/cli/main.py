@@ -238,10 +238,20 @@ def _sweep(args, items):
     s, p = summarize(df), paired_differences(df, configs[0]['config'])
     s.to_csv(args.out/'summary.csv'); p.to_csv(args.out/'paired.csv', index=False)
     md = _setup_line(args, items, df) + '\n\nMean ± std over the runs:\n\n' + summary_markdown(s)
+    base = configs[0]['config']
     if len(p):
-        md += (f"\n\nDifference from {configs[0]['config']} on the same fold and seed, mean [95% interval] and "
+        md += (f"\n\nDifference from {base} on the same fold and seed, mean [95% interval] and "
                f"verdict:\n\n{paired_markdown(p)}\n\n{verdict_lines(p)}")
         plot_paired(p, args.out/'paired.png')
+    curves, fine = args.out/'curves.csv', f'{items[2].names[0]}_accuracy'
+    if curves.exists(): # the learning curves, and how soon each configuration reaches the baseline's accuracy
+        curves = pd.read_csv(curves)
+        plot_curves(curves, fine, fname=args.out/'curves.png', title=f'validation {fine}, mean and 95% band')
+        r = paired_differences(reach_runs(curves, fine, base, folds=args.folds), base)
+        r.to_csv(args.out/'reach.csv', index=False)
+        if len(r):
+            md += (f"\n\nEpochs and seconds of training to reach 95% of {base}'s final {fine} on the same fold and "
+                   f"seed (pairs: those where both runs reached it), difference from {base}:\n\n{paired_markdown(r)}")
     (args.out/'summary.md').write_text(md + '\n')
     print(md)
     paired = f", paired differences: {args.out/'paired.csv'}, plot: {args.out/'paired.png'}" if len(p) else ''
