@@ -11,4 +11,4 @@ out="${1:-runs/fashion_mnist-pct10-$(date +%Y%m%d-%H%M%S)}"
 start=$(date +%s)
 fastai-hier sweep --dataset fashion-mnist --train-pct 10 --study studies/fashion_mnist.json --epochs 8 --bs 128 --lr 1e-2 \
   --seeds 0,1,2,3,4 --out "$out"
-echo "The main job wrote $out/ (sweep.csv, summary.md, paired.csv, paired.png) in $(( ($(date +%s) - start) / 60 )) min."
+echo "The main job wrote $out/ (sweep.csv, curves.csv, summary.md, paired.csv, paired.png, curves.png, reach.csv) in $(( ($(date +%s) - start) / 60 )) min."
