@@ -136,10 +136,11 @@ def plot_curves(curves:pd.DataFrame, metric:str, configs:list=None, fname=None, 
     b = curve_bands(curves, metric)
     configs = ifnone(configs, list(dict.fromkeys(curves.config)))
     fig,axs = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for c in configs:
+    for i,c in enumerate(configs):
         d = b[b.config == c]
         for ax,x in zip(axs, (d.epoch+1, d.seconds)):
-            line, = ax.plot(x, d['mean'], marker='o', ms=3, label=c)
+            # past the 10 colours of the cycle, another line style
+            line, = ax.plot(x, d['mean'], marker='o', ms=3, ls=('-', '--', ':')[i//10 % 3], label=c)
             ax.fill_between(x, d.lo, d.hi, color=line.get_color(), alpha=.15, lw=0)
     axs[0].set(xlabel='epoch', ylabel=metric)
     axs[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
