@@ -64,7 +64,7 @@ def test_folder_with_hierarchy_csv(folder_data, tmp_path):
     main(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32', '--bs', '8', '--no-pretrained', '--no-aug',
           '--epochs', '1', '--freeze-epochs', '0', '--weights', 'species=1', '--out', str(tmp_path/'out')])
     df = pd.read_csv(tmp_path/'out'/'train.csv')
-    assert list(df.columns) == ['epoch', 'train_loss', 'valid_loss', 'breed_accuracy', 'species_accuracy', 'mistake_severity', 'time', 'fold']
+    assert list(df.columns) == ['epoch', 'train_loss', 'valid_loss', 'breed_accuracy', 'species_accuracy', 'mistake_severity', 'time', 'seconds', 'fold']
     assert len(df) == 1 and df.species_accuracy.between(0, 1).all()
 
 def test_folder_class_missing_from_csv(folder_data, capsys):

@@ -204,7 +204,8 @@ def _plot_train(df, unfreeze, fname):
 # %% ../../nbs/63_cli.ipynb #866f709a
 def _hardware(device):
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
-    return f"CPU only ({os.cpu_count()} cores, {platform.machine()}, {torch.get_num_threads()} torch threads)"
+    n = torch.get_num_threads()
+    return f"CPU only ({os.cpu_count()} cores, {platform.machine()}, {n} torch thread{'s' if n > 1 else ''})"
 
 def _setup_line(args, items, df):
     "What a sweep ran, on what, for its summary"
