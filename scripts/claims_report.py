@@ -2,7 +2,8 @@
 
     python scripts/claims_report.py
 
-Reads each dataset's `sweep.csv` (final metrics), `curves.csv` (every epoch) and `cache_timing.csv`; writes
+Reads each dataset's `sweep.csv` (final metrics) and `curves.csv` (every epoch), the transfer probe's `sweep.csv`
+(`scripts/transfer_study.py`) and `cache_timing.csv`; writes
 `results/claims/claims.md` (which the README includes), `details.md` (every configuration) and `curves_*.png`.
 Every number comes from those CSVs, through the package's `paired_differences` and `reach_runs`.
 """
@@ -12,10 +13,10 @@ import pandas as pd
 from fastai_hier.cli.report import paired_differences, reach_runs, plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]/'results'/'claims'
-# folder, name, fine and coarsest level, top-k columns
-DATASETS = [('pets', 'PETS sample', 'breed', 'species', (3, 5)),
-            ('fashion_mnist_pct1', 'Fashion-MNIST 1%', 'class', 'top', (2, 3)),
-            ('fashion_mnist_pct10', 'Fashion-MNIST 10%', 'class', 'top', (2, 3))]
+# folder, name, fine and coarsest level, top-k columns, the folder of the transfer probe (scripts/transfer_study.py)
+DATASETS = [('pets', 'PETS sample', 'breed', 'species', (3, 5), None),
+            ('fashion_mnist_pct1', 'Fashion-MNIST 1%', 'class', 'top', (2, 3), 'transfer_pct1'),
+            ('fashion_mnist_pct10', 'Fashion-MNIST 10%', 'class', 'top', (2, 3), 'transfer_pct10')]
 BASE, FRAC = 'ce', 0.95
 # trained after the others, into the same folders (studies/claims_groups.json), paired with the same cross-entropy runs
 LATER = {c['config'] for c in json.loads((ROOT.parents[1]/'studies'/'claims_groups.json').read_text())} - {BASE}
@@ -24,12 +25,16 @@ MARGIN = 0.02 # "does not change the accuracy": supported only where the interva
 def paired_results(ds):
     "Paired differences from cross-entropy: the final metrics, and the epochs and seconds to reach 95% of its final"
     runs, curves = pd.read_csv(ROOT/ds/'sweep.csv'), pd.read_csv(ROOT/ds/'curves.csv')
-    fine = [d for d in DATASETS if d[0] == ds][0][2] + '_accuracy'
+    _, _, fine, _, _, transfer = [d for d in DATASETS if d[0] == ds][0]
+    fine += '_accuracy'
     reach = reach_runs(curves, fine, BASE, FRAC, folds=int(runs.folds.iloc[0]))
     # the loss compares only the configurations that train with the baseline's loss
     same_loss = runs[runs.loss == runs.loss[runs.config == BASE].iloc[0]]
-    res = pd.concat([paired_differences(runs, BASE), paired_differences(reach, BASE),
-                     paired_differences(same_loss, BASE, metrics=['valid_loss'])])
+    parts = [paired_differences(runs, BASE), paired_differences(reach, BASE),
+             paired_differences(same_loss, BASE, metrics=['valid_loss'])]
+    if transfer:
+        parts.append(paired_differences(pd.read_csv(ROOT/transfer/'sweep.csv'), BASE, metrics=['transfer_accuracy']))
+    res = pd.concat(parts)
     # their seconds and cross-entropy's were measured in different sessions, under different loads: not a pair
     return res[~(res.config.isin(LATER) & (res.metric == 'seconds_to_reach'))].set_index(['config', 'metric'])
 
@@ -80,6 +85,13 @@ CLAIMS = [
          configs=['ce T=2', 'ce T=4', 'ce T=8'], kind='worse',
          measured='final validation cross-entropy, at temperature 1 (supported where it is higher beyond its interval)',
          differs='as above'),
+    dict(claim='A high starting temperature learns more transferable features', source="users' advice: \"learn "
+         "more transferable feature\"", configs=['ce T=2', 'ce T=4', 'ce T=8'], kind='transfer',
+         absent="the body is pretrained and frozen", measured="accuracy of a logistic regression on the frozen body's "
+         "features of 4 classes it never saw, points (`scripts/transfer_study.py`)",
+         differs="the advice names no test of transfer; ours trains on Fashion-MNIST's 6 clothes and probes its 4 "
+                 "goods (sandal, sneaker, ankle boot, bag) on their 4,000 test images; a body never trained probes as "
+                 "well (below)"),
     dict(claim='Both combined: coarse-first and temperature 4', source="users' advice, both of the above",
          configs=['ce coarse=1 T=4'], kind='both', measured='epochs to reach 95% (as above) and top-k',
          differs='as above'),
@@ -98,9 +110,10 @@ def claims_table(paired) -> str:
     for c in CLAIMS:
         for i,cfg in enumerate(c['configs']):
             cells, verdicts = [], []
-            for ds,_,fine,coarse,ks in DATASETS:
-                if cfg not in paired[ds].index.get_level_values(0): # a level this dataset's tree lacks
-                    cells.append('– (no such level)'); verdicts.append(None)
+            for ds,_,fine,coarse,ks,_ in DATASETS:
+                needs = 'transfer_accuracy' if c['kind'] == 'transfer' else f'{fine}_accuracy'
+                if (cfg, needs) not in paired[ds].index:
+                    cells.append(f"– ({c.get('absent', 'no such level')})"); verdicts.append(None)
                     continue
                 p, n = paired[ds], paired[ds].loc[(cfg, f'{fine}_accuracy')].pairs
                 if c['kind'] in ('reach', 'both'):
@@ -121,6 +134,7 @@ def claims_table(paired) -> str:
                     verdicts.append(dict(loss='supported', gain='not supported', tie='a tie')[r.verdict])
                 else:
                     m = ([(f'top-{k}', f'top{k}_accuracy') for k in ks] if c['kind'] == 'topk' else
+                         [('probe', 'transfer_accuracy')] if c['kind'] == 'transfer' else
                          [(fine, f'{fine}_accuracy'), (coarse, f'{coarse}_accuracy')])
                     text, v = _cells(p, cfg, m)
                     verdicts.append(_combine(v))
@@ -136,29 +150,49 @@ def claims_table(paired) -> str:
 def details_table(paired, ds, fine, ks) -> str:
     "Every configuration of one dataset against cross-entropy"
     p = paired[ds]
-    mets = [f'{fine}_accuracy', *[f'top{k}_accuracy' for k in ks], 'epochs_to_reach', 'seconds_to_reach']
+    mets = [f'{fine}_accuracy', *[f'top{k}_accuracy' for k in ks], 'epochs_to_reach', 'seconds_to_reach',
+            'valid_loss', 'transfer_accuracy']
+    mets = [m for m in mets if m in set(p.index.get_level_values(1))]
     lines = ['| config | ' + ' | '.join(f'Δ {m}' for m in mets) + ' |', '|---|' + '---|'*len(mets)]
     for cfg in dict.fromkeys(p.index.get_level_values(0)):
-        cell = lambda m: 'not paired' if (cfg, m) not in p.index else _fmt(p.loc[(cfg, m)], m) + (
+        # not measured, or (the seconds of `LATER`) not paired
+        cell = lambda m: '–' if (cfg, m) not in p.index else _fmt(p.loc[(cfg, m)], m) + (
             f" ({p.loc[(cfg, m)].pairs} pairs)" if m == 'epochs_to_reach' else '')
         lines.append(f'| {cfg} | ' + ' | '.join(cell(m) for m in mets) + ' |')
     return '\n'.join(lines)
 
 def details_markdown(paired) -> str:
     "`details.md`: every configuration of each dataset against cross-entropy"
-    details = '\n\n'.join(f"### {name}\n\n{details_table(paired, ds, fine, ks)}" for ds,name,fine,_,ks in DATASETS)
+    details = '\n\n'.join(f"### {name}\n\n{details_table(paired, ds, fine, ks)}" for ds,name,fine,_,ks,_ in DATASETS)
     return ("# The claims study: every configuration against cross-entropy\n\nMean difference on the same fold and "
             "seed [95% interval] and verdict; accuracies in points, reach in epochs and seconds of training to "
-            f"{FRAC:.0%} of cross-entropy's final fine accuracy.\n\n" + details + '\n')
+            f"{FRAC:.0%} of cross-entropy's final fine accuracy, the validation loss of the configurations that train "
+            "with cross-entropy, and the transfer probe's accuracy (`scripts/transfer_study.py`). – : not measured, "
+            "or not paired.\n\n" + details + '\n')
 
 def setup_lines() -> str:
     res = []
-    for ds,name,fine,_,_ in DATASETS:
+    for ds,name,fine,*_ in DATASETS:
         runs = pd.read_csv(ROOT/ds/'sweep.csv')
         base = runs[runs.config == BASE][f'{fine}_accuracy']
         res.append(f"- {name}: {(ROOT/ds/'summary.md').read_text().splitlines()[0]} Cross-entropy's final {fine} "
                    f"accuracy {base.mean():.3f} over {len(base)} runs.")
     return '\n'.join(res)
+
+def transfer_line() -> str:
+    "The transfer probe's runs, and its floor: the probe of a body never trained"
+    res = []
+    for _,name,*_,transfer in DATASETS:
+        if not transfer: continue
+        r = pd.read_csv(ROOT/transfer/'sweep.csv')
+        m = r.groupby('config', sort=False)[['source_accuracy', 'transfer_accuracy']].mean()
+        res.append(f"{name}: {r.seed.nunique()} seeds, fit_one_cycle({r.epochs.iloc[0]}), bs {r.bs.iloc[0]}; "
+                   f"cross-entropy's clothes accuracy {m.source_accuracy[BASE]:.3f} and probe accuracy "
+                   f"{m.transfer_accuracy[BASE]:.3f}, an untrained body's probe "
+                   f"{m.transfer_accuracy['untrained body']:.3f}")
+    return ("The transfer probe (`scripts/transfer_study.py`: `fashion_cnn` trained on the 6 clothes, the same share "
+            "of their training images as the sweep, then a logistic regression on its frozen features of the 4 goods): "
+            + '; '.join(res) + '.')
 
 def later_line() -> str:
     "Why the configurations of the later session are compared in epochs only"
@@ -169,8 +203,8 @@ def later_line() -> str:
             secs.append(f"{t[sorted(LATER & set(t.index))].mean():.0f} s a run against {t[BASE]:.0f} s on {name}")
     return (f"The configurations of `studies/claims_groups.json` ({', '.join(f'`{c}`' for c in sorted(LATER))}: "
             "coarse-first at Fashion-MNIST's middle level, which PETS lacks) were trained later, into the same "
-            "folders, and are paired with the same cross-entropy runs. The machine was less loaded then (two sweeps shared its "
-            "two cores, not three: "
+            "folders, and are paired with the same cross-entropy runs. The machine was less loaded then (two sweeps "
+            "shared its two cores, not three: "
             + '; '.join(secs) + "), so their seconds are not compared with cross-entropy's: only their epochs are.")
 
 def cache_line() -> str:
@@ -193,13 +227,13 @@ def claims_markdown(paired) -> str:
             "never reached it is left out, and the cell says how many reached it. Verdicts: *supported* where every "
             "measure of the claim is a gain beyond its interval, *not supported* where one is a loss beyond its "
             "interval, *a tie* where the intervals allow either.\n\n" + claims_table(paired) +
-            "\n\nThe runs:\n\n" + setup_lines() + "\n\n" + later_line() + "\n\n" + cache_line() + "\n")
+            "\n\nThe runs:\n\n" + '\n\n'.join([setup_lines(), transfer_line(), later_line(), cache_line()]) + "\n")
 
 def main():
     paired = {ds: paired_results(ds) for ds,*_ in DATASETS}
     shown = ['ce', 'ce coarse=1', 'ce coarse=2', 'ce coarse=1 group', 'ce T=4', 'ce T=8', 'ce coarse=1 T=4',
              'hier w=0.4']
-    for ds,name,fine,_,_ in DATASETS:
+    for ds,name,fine,*_ in DATASETS:
         curves = pd.read_csv(ROOT/ds/'curves.csv')
         plot_curves(curves, f'{fine}_accuracy', [c for c in shown if c in set(curves.config)], ROOT/f'curves_{ds}.png',
                     title=f'{name}: validation {fine} accuracy, mean and 95% band over the runs')

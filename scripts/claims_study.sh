@@ -2,10 +2,11 @@
 # The claims study of the README ("Claims"): studies/claims.json (cross-entropy, coarse-first, temperature starts,
 # both, and HierarchicalLoss's breed weight) on the PETS sample and on Fashion-MNIST 1% and 10%, each epoch's
 # validation in curves.csv, then the Claims table (results/claims/claims.md) and the curve plots. Fashion-MNIST also
-# runs studies/claims_groups.json into the same folders: coarse-first at its middle level (6 groups), which PETS lacks.
+# runs studies/claims_groups.json into the same folders: coarse-first at its middle level (6 groups), which PETS lacks;
+# and scripts/transfer_study.py probes whether a high starting temperature's features transfer better.
 # Each sweep resumes from its sweep.csv; PETS needs the sample (scripts/pets_sample.py) or PETS under FASTAI_HOME.
 #   scripts/claims_study.sh            # all three, one after the other
-#   scripts/claims_study.sh pets       # or one of pets, pct1, pct10; then `python scripts/claims_report.py`
+#   scripts/claims_study.sh pets       # or one of pets, pct1, pct10, transfer; then `python scripts/claims_report.py`
 #   scripts/claims_study.sh cache      # the PETS study's time with and without FeatureCache, on the same slice of
 #                                      # its trainings (--shard 1/30), side by side: results/claims/cache_timing.csv
 set -euo pipefail
@@ -28,8 +29,10 @@ run() {
             --bs 32 --out results/claims/fashion_mnist_pct1; done ;;
     pct10) for s in "" _groups; do fastai-hier sweep $fashion --study studies/claims$s.json --train-pct 10 --epochs 8 \
              --bs 128 --out results/claims/fashion_mnist_pct10; done ;;
+    transfer) python scripts/transfer_study.py --train-pct 1 --epochs 16 --bs 32 --out results/claims/transfer_pct1
+              python scripts/transfer_study.py --train-pct 10 --epochs 8 --bs 128 --out results/claims/transfer_pct10 ;;
   esac
 }
 if [ $# -gt 0 ]; then run "$1"
-else for s in pets cache pct1 pct10; do run $s; done; python scripts/claims_report.py
+else for s in pets cache pct1 pct10 transfer; do run $s; done; python scripts/claims_report.py
 fi
