@@ -1,4 +1,5 @@
-"The package's architecture as the README states it: one room a module, imports from the ground up, no private name across modules"
+("The package's architecture as the README states it: one room a module, imports from the ground up, no "
+ "private name across modules")
 import ast, re
 from pathlib import Path
 import pytest
@@ -7,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT/'fastai_hier'
 
 def modules() -> dict:
-    "Module name (without `fastai_hier.`) -> parsed source, for every module but the generated index and the package façades"
+    ("Module name (without `fastai_hier.`) -> parsed source, for every module but the generated index "
+     "and the package façades")
     res = {}
     for f in sorted(PKG.rglob('*.py')):
         if f.name in ('_modidx.py', '__init__.py', '__main__.py'): continue
@@ -45,7 +47,8 @@ def test_readme_notebooks_are_the_sources():
     import json
     text = (ROOT/'README.md').read_text()
     sec = text[text.index('### Architecture'):]
-    rows = [[c.strip().strip('`') for c in l.strip('|').split('|')] for l in sec[:sec.index('\n\n', sec.index('|'))].splitlines()
+    rows = [[c.strip().strip('`') for c in l.strip('|').split('|')]
+            for l in sec[:sec.index('\n\n', sec.index('|'))].splitlines()
             if l.startswith('| `')]
     for mod,nb,*_ in rows:
         first = json.loads((ROOT/'nbs'/f'{nb}.ipynb').read_text())['cells'][0]
@@ -57,15 +60,18 @@ def test_no_private_name_crosses_a_module():
 def test_readme_table_is_the_import_graph():
     table = readme_table()
     graph = {m: imports(m, t) for m,t in modules().items() if m != 'all'}
-    assert set(table) == set(graph), f"modules not in the README's table: {set(graph)-set(table)}; in it but gone: {set(table)-set(graph)}"
-    assert {m: sorted(table[m]) for m in graph if table[m] != graph[m]} == {m: sorted(graph[m]) for m in graph if table[m] != graph[m]}
+    assert set(table) == set(graph), (f"modules not in the README's table: {set(graph)-set(table)}; in it but "
+                                      f"gone: {set(table)-set(graph)}")
+    assert ({m: sorted(table[m]) for m in graph if table[m] != graph[m]}
+            == {m: sorted(graph[m]) for m in graph if table[m] != graph[m]})
 
 def test_imports_run_one_way():
     "Each module imports only modules of the rows above it in the README's table: no circle, nothing upward"
     order = list(readme_table())
     graph = {m: imports(m, t) for m,t in modules().items() if m != 'all'}
     def rank(m): return order.index(m) if m in order else max(order.index(o) for o in order if o.startswith(m + '.'))
-    upward = {m: sorted(o for o in deps if rank(o) >= rank(m) and not o.startswith(m + '.')) for m,deps in graph.items()}
+    upward = {m: sorted(o for o in deps if rank(o) >= rank(m) and not o.startswith(m + '.'))
+              for m,deps in graph.items()}
     assert {m: u for m,u in upward.items() if u} == {}
 
 def test_lines_and_raises():
@@ -86,7 +92,8 @@ def test_every_subpackage_is_packaged():
     assert set(setuptools.find_packages(str(ROOT), include=include)) == dirs
 
 def fill_imports(nb=ROOT/'nbs'/'index.ipynb'):
-    "Rewrite the imports column of the Architecture table in the README's source from the package: `python tests/test_architecture.py`"
+    ("Rewrite the imports column of the Architecture table in the README's source from the package: "
+     "`python tests/test_architecture.py`")
     import json
     graph = {m: sorted(imports(m, t)) for m,t in modules().items() if m != 'all'}
     d = json.loads(nb.read_text())
