@@ -79,7 +79,8 @@ def time_side_by_side(funcs:dict, repeats, device, warmup=2) -> dict:
     return res
 
 def table(rows, header):
-    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|'*len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
+    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|'*len(header)]
+                     + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
 
 class PeakMemory(TorchDispatchMode):
     "The peak of the bytes held by the tensors that the operations run inside it allocate (each storage once)"
@@ -144,15 +145,20 @@ def bench_losses(device, repeats, rounds, compile_max=10000, only_trees=None):
             for k,ts in times.items(): ratios[k].append((min(ts), min(ts)/min(times['CrossEntropyLossFlat'])))
         for k,rs in ratios.items():
             ms,rat = statistics.median(t for t,_ in rs),[r for _,r in rs]
-            rows.append([label if k == 'CrossEntropyLossFlat' else '', k, f'{ms*1e3:.2f}', f'**{statistics.median(rat):.2f}x**',
-                         f'{min(rat):.2f}-{max(rat):.2f}x', f'{kept[k]:.1f}' if k in kept else '', f'{peak[k]:.1f}' if k in peak else ''])
-    header = ['hierarchy (batch)', 'forward + backward, or call', 'ms', 'time / CE', f'across {rounds} rounds', 'kept for backward, MiB', 'peak, MiB']
+            rows.append([label if k == 'CrossEntropyLossFlat' else '', k, f'{ms*1e3:.2f}',
+                         f'**{statistics.median(rat):.2f}x**',
+                         f'{min(rat):.2f}-{max(rat):.2f}x', f'{kept[k]:.1f}' if k in kept else '',
+                         f'{peak[k]:.1f}' if k in peak else ''])
+    header = ['hierarchy (batch)', 'forward + backward, or call', 'ms', 'time / CE', f'across {rounds} rounds',
+              'kept for backward, MiB', 'peak, MiB']
     say(f'\n### Forward + backward, CRM and the metrics against `CrossEntropyLossFlat`, on {device_name(device)}\n\n'
-        f'The median over {rounds} rounds of the ratio of the fastest of {repeats} interleaved calls to cross-entropy\'s in the '
-        'same round; the losses run forward and backward, `crm_decode` and the metrics on the same logits (their '
-        'probabilities for CRM). *Peak* is what the call allocates at its worst, *kept for backward* what the loss saves for '
-        'its backward; the batch is 256, and 64 at 100,000 classes and on WordNet.\n\n' + table(rows, header))
-    say('\nBuilding each `Hierarchy` (`from_parents` on the random trees, `from_wordnet` from `data.noun`):\n\n' + table(builds, ['hierarchy', 'seconds']))
+        f'The median over {rounds} rounds of the ratio of the fastest of {repeats} interleaved calls to '
+        'cross-entropy\'s in the same round; the losses run forward and backward, `crm_decode` and the metrics on '
+        'the same logits (their probabilities for CRM). *Peak* is what the call allocates at its worst, *kept for '
+        'backward* what the loss saves for its backward; the batch is 256, and 64 at 100,000 '
+        'classes and on WordNet.\n\n' + table(rows, header))
+    say('\nBuilding each `Hierarchy` (`from_parents` on the random trees, `from_wordnet` from `data.noun`):\n\n'
+        + table(builds, ['hierarchy', 'seconds']))
 
 def synthetic_learner(model, n_in, n_classes, loss_func, cbs=None, n=512, bs=64, device=None):
     "A `Learner` on random data, quiet, for timing"
@@ -175,7 +181,8 @@ def bench_step(device, bs, size, repeats):
     ce,hl = CrossEntropyLossFlat(),HierarchicalLoss(hier)
     steps = time_side_by_side({'CE': lambda: step(ce), 'HL': lambda: step(hl)}, repeats, device, warmup=1)
     out = torch.randn(bs, 37, device=device)
-    loss_times = time_side_by_side({'CE': lambda: fwd_bwd(ce, out, targ), 'HL': lambda: fwd_bwd(hl, out, targ)}, 200, device)
+    loss_times = time_side_by_side({'CE': lambda: fwd_bwd(ce, out, targ), 'HL': lambda: fwd_bwd(hl, out, targ)},
+                                   200, device)
     step_s = statistics.median(steps['CE'])
     extra = statistics.median(loss_times['HL']) - statistics.median(loss_times['CE'])
     say(f'\n### A resnet18 training step at 37 classes (batch {bs}, {size} px, {device_name(device)})\n\n' + table([
@@ -193,20 +200,24 @@ def bench_callbacks(device, repeats):
            'CoarseToFine(coarse_pct=0.5)': lambda: [CoarseToFine(hier, coarse_pct=0.5)]}
     def fit(cbs, n_batches):
         model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 37))
-        synthetic_learner(model, (64,), 37, HierarchicalLoss(hier), cbs=cbs(), n=64*n_batches, device=device).fit(1, 1e-3)
+        synthetic_learner(model, (64,), 37, HierarchicalLoss(hier), cbs=cbs(), n=64*n_batches,
+                          device=device).fit(1, 1e-3)
     # the slope between a short and a long fit: the time per batch, without what a fit costs once
     short,long = 8,40
-    times = time_side_by_side({(k,n):(lambda cb=cb,n=n: fit(cb, n)) for k,cb in cbs.items() for n in (short, long)}, repeats, device, warmup=1)
+    times = time_side_by_side({(k,n):(lambda cb=cb,n=n: fit(cb, n)) for k,cb in cbs.items() for n in (short, long)},
+                              repeats, device, warmup=1)
     per_batch = {k:(min(times[k,long]) - min(times[k,short]))/(long-short) for k in cbs}
     rows = [[k, f'{t*1e3:.2f}', f'{(t-per_batch["none"])*1e6:+.0f}'] for k,t in per_batch.items()]
-    say(f'\n### Callbacks, per training batch (a 2-layer model on random data, batches of 64, {device_name(device)})\n\n'
+    say(f'\n### Callbacks, per training batch (a 2-layer model on random data, batches of 64, '
+        f'{device_name(device)})\n\n'
           + table(rows, ['callbacks', 'ms per batch', 'added µs per batch']))
     rows = []
     for label in ('37 classes, 2 levels', '10,000 classes, 7 levels'):
         sizes = SIZES[label]
         parents,vocab = random_tree(sizes)
         hier = Hierarchy.from_parents(parents, vocab)
-        learn = synthetic_learner(resnet18(num_classes=sizes[0]), (3, 32, 32), sizes[0], HierarchicalLoss(hier), device=device)
+        learn = synthetic_learner(resnet18(num_classes=sizes[0]), (3, 32, 32), sizes[0],
+                                  HierarchicalLoss(hier), device=device)
         learn.model.to(device)
         learn.create_opt()
         cb = CoarseToFine(hier, coarse_epochs=1)
@@ -214,10 +225,12 @@ def bench_callbacks(device, repeats):
         ts = []
         for _ in range(max(3, repeats)):
             cb._to_level(hier.n_levels-1)
-            sync(device); t = time.perf_counter(); cb._to_level(0); sync(device) # the switch: regroup the head, rebuild the optimiser
+            # the switch: regroup the head, rebuild the optimiser
+            sync(device); t = time.perf_counter(); cb._to_level(0); sync(device)
             ts.append(time.perf_counter() - t)
         rows.append([f'resnet18, {label}', f'{statistics.median(ts)*1e3:.1f}'])
-    say(f'\n`CoarseToFine`: switching from the coarsest head to the fine one (median):\n\n' + table(rows, ['model', 'ms']))
+    say(f'\n`CoarseToFine`: switching from the coarsest head to the fine one (median):\n\n'
+        + table(rows, ['model', 'ms']))
 
 def device_name(device):
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
@@ -225,9 +238,11 @@ def device_name(device):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--trees', nargs='*', default=None, help='only the hierarchies whose label holds one of these, e.g. WordNet 100,000')
+    p.add_argument('--trees', nargs='*', default=None,
+                   help='only the hierarchies whose label holds one of these, e.g. WordNet 100,000')
     p.add_argument('--repeats', type=int, default=30, help='timed calls of each loss, interleaved')
-    p.add_argument('--rounds', type=int, default=3, help='rounds of interleaved repeats: the spread of the ratios across them is reported')
+    p.add_argument('--rounds', type=int, default=3,
+                   help='rounds of interleaved repeats: the spread of the ratios across them is reported')
     p.add_argument('--only', choices=['losses', 'step', 'callbacks'], default=None, help='run one of the benchmarks')
     p.add_argument('--threads', type=int, default=1, help='CPU threads (the target is stated for one)')
     p.add_argument('--device', default=None, help="'cpu', 'cuda', ...; default: the CPU, then the GPU if there is one")
@@ -238,7 +253,8 @@ if __name__ == '__main__':
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    say(f'Measured with torch {torch.__version__} on {platform.platform()}, {os.cpu_count()} cores' + (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') + ':')
+    say(f'Measured with torch {torch.__version__} on {platform.platform()}, {os.cpu_count()} cores'
+        + (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') + ':')
     devices = [args.device] if args.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for d in map(torch.device, devices):
         if args.only in (None, 'losses'): bench_losses(d, args.repeats, args.rounds, only_trees=args.trees)

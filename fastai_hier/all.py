@@ -28,7 +28,8 @@ from .partial import *
 from .data.pets import *
 from .data.backbone import *
 from .data.fashion_mnist import *
-from . import calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tree_plot
+from . import (
+    calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tree_plot)
 from .callback import span, temperature, coarse_to_fine, level_schedule, loss_check, feature_cache
 from .data import pets, backbone, fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)

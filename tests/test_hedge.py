@@ -1,9 +1,10 @@
-"Hedged predictions (`fastai_hier.hedge`) inside real fastai learners on the PETS sample: export and `load_learner`, `MixUp`, half precision, a ragged tree, distributed metrics"
+("Hedged predictions (`fastai_hier.hedge`) inside real fastai learners on the PETS sample: export and `load_learner`, "
+ "`MixUp`, half precision, a ragged tree, distributed metrics")
 import json, pickle, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
-from fastai.vision.all import (URLs, Categorize, DataLoaders, Learner, MixUp, load_learner, nn, rank_distrib, resnet18, set_seed,
-                               tensor, untar_data, vision_learner)
+from fastai.vision.all import (URLs, Categorize, DataLoaders, Learner, MixUp, load_learner, nn,
+                               rank_distrib, resnet18, set_seed, tensor, untar_data, vision_learner)
 from fastcore.test import test_close as _close
 from fastai_hier.all import Hierarchy, HierarchicalLoss, pets_dls, pets_hierarchy
 from fastai_hier.all import (HedgedAccuracy, HedgedCoverage, TensorNode, climb, hedge_decode, hedge_threshold,
@@ -19,7 +20,8 @@ def tiny():
 
 def _learner(dls, hier, **kwargs):
     set_seed(0)
-    return vision_learner(dls, resnet18, pretrained=False, loss_func=HierarchicalLoss(hier, weights={'breed': 0.5, 'species': 0.5}), **kwargs)
+    return vision_learner(dls, resnet18, pretrained=False,
+                          loss_func=HierarchicalLoss(hier, weights={'breed': 0.5, 'species': 0.5}), **kwargs)
 
 def _reachable(learn, hier):
     "A target accuracy halfway between the fine predictions' and the most hedging can give, on the validation set"
@@ -51,7 +53,8 @@ def test_fit_hedge(hedged):
     assert fit.mean_depth == pytest.approx((2 - level).double().mean().item())   # PETS: a breed is 2 deep, a species 1
 
 def test_predict_names_the_node(hedged):
-    "`predict` goes through `dls.decode_batch`, whose `Categorize` must name a group, never read its index out of `dls.vocab`"
+    ("`predict` goes through `dls.decode_batch`, whose `Categorize` must name a group, never read its "
+     "index out of `dls.vocab`")
     learn,fit,_ = hedged
     hier,vocab = learn.loss_func.func.hier,learn.dls.vocab
     _,_,nodes = learn.get_preds(with_decoded=True)
@@ -69,7 +72,8 @@ def test_export_load_learner_fresh_process(hedged, tmp_path):
     learn.export(tmp_path/'export.pkl')
     img = learn.dls.valid_ds.items[0]
     name,node,_ = learn.predict(img)
-    # a fresh interpreter that never imports fastai_hier itself: unpickling the loss must bring the threshold and the decoding
+    # a fresh interpreter that never imports fastai_hier itself: unpickling the loss must bring the
+    # threshold and the decoding
     code = textwrap.dedent(f"""
         from fastai.vision.all import *
         learn = load_learner({str(tmp_path/'export.pkl')!r})
@@ -84,7 +88,8 @@ def test_export_load_learner_fresh_process(hedged, tmp_path):
     assert lines['PRED'] == f"{str(name)!r} {int(node)}"
 
 def test_mixup(tiny):
-    "`MixUp` puts its own loss in place during training: the metrics and `fit_hedge` reach the real one, and its temperature"
+    ("`MixUp` puts its own loss in place during training: the metrics and `fit_hedge` reach the real "
+     "one, and its temperature")
     dls,hier = tiny
     learn = _learner(dls, hier, cbs=MixUp(), metrics=[HedgedAccuracy(hier, 0.6), HedgedCoverage(hier, 0.6)])
     learn.loss_func.temperature = 2.
@@ -107,7 +112,8 @@ def test_half_precision_predictions(tiny):
         p = lf.activation(x.to(dtype))
         assert p.dtype == torch.float32 and p.isfinite().all()
         assert torch.equal(lf.decodes(p), lf.decodes(lf.activation(x.to(dtype).float())))
-        same = hedge_decode(p.to(dtype), hier, 0.7) == hedge_decode(p, hier, 0.7) # half-precision probabilities are taken too
+        # half-precision probabilities are taken too
+        same = hedge_decode(p.to(dtype), hier, 0.7) == hedge_decode(p, hier, 0.7)
         assert same.float().mean() > 0.95, same                                     # and differ only by their rounding
     big = lf.activation(x*1e3)   # confident: probabilities of exactly 0 and 1
     assert torch.equal(climb(big, hier, 0.99)[0], torch.zeros(64).long())
@@ -128,7 +134,8 @@ def test_ragged_tree(ragged):
     for t in [0., 0.3, 0.6, 0.9, 1.]:
         level,group = climb(p, h, t)
         nodes = h.node_index(level, group)
-        # a cat's prediction never stops at its copy at the `group` level: the same node, with the same probability, is finer
+        # a cat's prediction never stops at its copy at the `group` level: the same node, with the same
+        # probability, is finer
         assert torch.equal(h.level_and_group(nodes)[0], level)
         cats = torch.isin(p.argmax(-1), tensor([i['Persian'], i['Siamese']]))
         assert not (cats & (level == 1)).any()
@@ -146,7 +153,8 @@ def test_ragged_threshold(ragged):
     for k in range(len(ts)):
         level,group = climb(p, h, ts[k].item())
         right = (h.ancestors(targ).gather(0, level[None])[0] == group).double().mean().item()
-        assert risk[k].item() == pytest.approx(1 - right) and cov[k].item() == pytest.approx((level == 0).double().mean().item())
+        assert (risk[k].item() == pytest.approx(1 - right)
+                and cov[k].item() == pytest.approx((level == 0).double().mean().item()))
         if ts[k] < t: assert right < 0.9
     level,group = climb(p, h, t)
     assert (h.ancestors(targ).gather(0, level[None])[0] == group).double().mean().item() >= 0.9
@@ -167,7 +175,8 @@ def test_bad_input(hedged, tiny):
     dls,hier = tiny
     with pytest.raises(ValueError, match='needs a loss of this package that decodes by hedging'):
         Learner(dls, nn.Linear(2, 37), loss_func=nn.CrossEntropyLoss()).fit_hedge()
-    with pytest.raises(ValueError, match='got no predictions'): learn.fit_hedge(dl=dls.valid.new(dls.valid_ds.new_empty()))
+    with pytest.raises(ValueError, match='got no predictions'):
+        learn.fit_hedge(dl=dls.valid.new(dls.valid_ds.new_empty()))
     with pytest.raises(ValueError, match='must be a probability from 0 to 1'): HedgedAccuracy(hier, 1.2)
     with pytest.raises(ValueError, match='got 5 classes on axis -1 but the hierarchy has 37 fine classes'):
         climb(torch.full((2, 5), .2), hier, 0.5)
@@ -175,8 +184,8 @@ def test_bad_input(hedged, tiny):
 # Distributed: the worker below runs in two processes, as `distributed_worker.py` runs the other metrics
 
 def _synthetic(out):
-    """Both metrics on fixed predictions: 8 items (the first 4 sure and right, the last 4 torn between two siblings) and the
-    first 7 of them, which `DistributedDL` pads; distributed, then in one process"""
+    """Both metrics on fixed predictions: 8 items (the first 4 sure and right, the last 4 torn between two siblings) and
+    the first 7 of them, which `DistributedDL` pads; distributed, then in one process"""
     from distributed_worker import DISTRIB, _leave_group   # also makes `DistributedDL` broadcast on the CPU
     rank = rank_distrib()
     hier = Hierarchy.from_func(list('abcd'), lambda c: 'x' if c in 'ab' else 'y', names=('fine', 'coarse'))
@@ -203,18 +212,21 @@ def _synthetic(out):
     _leave_group()
     if rank == 0:
         for case,its in dict(even=items, odd=items[:7]).items():
-            for met in (HedgedAccuracy, HedgedCoverage): res['single'][f'{case} {met.__name__}'] = _learn(met, its).validate()[-1]
+            for met in (HedgedAccuracy, HedgedCoverage):
+                res['single'][f'{case} {met.__name__}'] = _learn(met, its).validate()[-1]
     (Path(out)/f'rank{rank}.json').write_text(json.dumps(res))
 
 @pytest.mark.slow
 def test_distributed_metrics(tmp_path):
-    "Each rank sees half of the items; the values are those of one process, also where `DistributedDL` pads 7 items to 8"
+    ("Each rank sees half of the items; the values are those of one process, also where "
+     "`DistributedDL` pads 7 items to 8")
     pytest.importorskip('accelerate')
     from test_distributed import _launch
     (r0,r1),_ = _launch(tmp_path, script=Path(__file__))
     assert r0['distributed'] == r1['distributed']
     assert r0['distributed'] == pytest.approx(r0['single'])
-    assert r0['single'] == pytest.approx({'even HedgedAccuracy': 1., 'even HedgedCoverage': .5, 'odd HedgedAccuracy': 1., 'odd HedgedCoverage': 4/7})
+    assert r0['single'] == pytest.approx({'even HedgedAccuracy': 1., 'even HedgedCoverage': .5,
+                                          'odd HedgedAccuracy': 1., 'odd HedgedCoverage': 4/7})
 
 if __name__ == '__main__':
     torch.set_num_threads(1)

@@ -1,13 +1,17 @@
-"Hierarchical precision, recall and F1 against hiclass's `precision`, `recall` and `f1` (micro average) on random trees, ragged ones included"
+("Hierarchical precision, recall and F1 against hiclass's `precision`, `recall` and `f1` (micro average) on random "
+ "trees, ragged ones included")
 import random
 import numpy as np, pytest, torch
 from fastai_hier.hierarchy import Hierarchy
 from fastai_hier.metrics import hierarchical_prf, HierarchicalPrecision, HierarchicalRecall, HierarchicalF1
 
-hiclass_metrics = pytest.importorskip('hiclass.metrics', reason="hiclass is not installed (`pip install hiclass`, in the `dev` extras): it is the reference these tests compare with")
+hiclass_metrics = pytest.importorskip('hiclass.metrics',
+                                      reason="hiclass is not installed (`pip install hiclass`, in the `dev` extras): "
+                                             "it is the reference these tests compare with")
 
 def random_tree(rng, n_levels, ragged):
-    "Child -> parent links of a random tree with `n_levels` levels (fine classes included) below an implicit root; where `ragged`, some leaves are above the fine level"
+    ("Child -> parent links of a random tree with `n_levels` levels (fine classes included) below an implicit root; "
+     "where `ragged`, some leaves are above the fine level")
     parents,count = {},[0]
     def grow(node, depth, deep):
         # the top groups are at depth 1; a node at depth `n_levels` is a fine class
@@ -17,7 +21,8 @@ def random_tree(rng, n_levels, ragged):
             kid = f'n{count[0]}'
             parents[kid] = node
             # the first child of a deep node is deep: one path goes all the way down, so the tree has `n_levels` levels
-            if ragged and depth+1 < n_levels and not (deep and j == 0) and rng.random() < 0.3: continue   # a leaf above the fine level
+            # a leaf above the fine level
+            if ragged and depth+1 < n_levels and not (deep and j == 0) and rng.random() < 0.3: continue
             grow(kid, depth+1, deep and j == 0)
     # each top group has children: a top group alone would be a leaf at every level, which `Hierarchy` can't hold
     for t in range(rng.randint(2, 3)): grow(f'top{t}', 1, t == 0)
@@ -30,7 +35,8 @@ def label_path(leaf, parents):
     return path[::-1]
 
 def hiclass_prf(pred, targ, hier):
-    "hiclass's micro-averaged precision, recall and F1 on label paths, ragged ones padded with '' at the end (as `make_leveled` does)"
+    ("hiclass's micro-averaged precision, recall and F1 on label paths, ragged ones padded with '' at the end (as "
+     "`make_leveled` does)")
     paths = [label_path(v, hier.parents) for v in hier.vocab]
     n = max(map(len, paths))
     paths = np.array([p + ['']*(n-len(p)) for p in paths])
@@ -59,7 +65,8 @@ def test_same_as_hiclass(seed, ragged):
     # near misses as well as random predictions: a sibling of the target in half of the items
     pred = torch.randint(0, len(hier), (n,), generator=g)
     near = torch.rand(n, generator=g) < 0.5
-    sib = torch.tensor([rng.choice([i for i,v in enumerate(hier.vocab) if parents[v] == parents[hier.vocab[t]]]) for t in targ.tolist()])
+    sib = torch.tensor([rng.choice([i for i,v in enumerate(hier.vocab) if parents[v] == parents[hier.vocab[t]]])
+                        for t in targ.tolist()])
     pred = torch.where(near, sib, pred)
     ours,theirs = hierarchical_prf(pred, targ, hier),hiclass_prf(pred, targ, hier)
     assert ours == pytest.approx(theirs, abs=1e-12)
@@ -72,8 +79,10 @@ def test_same_as_hiclass(seed, ragged):
         assert m.value == pytest.approx(v, abs=1e-12)
 
 def test_ragged_differs_from_counting_per_level():
-    "A leaf that stands for itself at coarser levels is one node, for hiclass and here: its right prediction doesn't count once per level"
-    hier = Hierarchy.from_dict({'mammal': {'cat': ['Bengal', 'Persian'], 'dog': ['boxer', 'pug']}, 'fish': ['salmon', 'trout']})
+    ("A leaf that stands for itself at coarser levels is one node, for hiclass and here: its right prediction doesn't "
+     "count once per level")
+    hier = Hierarchy.from_dict({'mammal': {'cat': ['Bengal', 'Persian'], 'dog': ['boxer', 'pug']},
+                                'fish': ['salmon', 'trout']})
     ix = {o:i for i,o in enumerate(hier.vocab)}
     pred = torch.tensor([ix[o] for o in ['Persian', 'boxer', 'salmon', 'Bengal']])
     targ = torch.tensor([ix[o] for o in ['Bengal', 'salmon', 'salmon', 'pug']])

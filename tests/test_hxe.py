@@ -36,7 +36,8 @@ def test_trains_with_mixup_cutmix_bf16(tiny_dls, tiny_hier, i, cb):
     assert type(learn.loss_func) in (HXELoss, SoftLabelsLoss) and learn.loss_func.reduction == 'mean'
     if cb is _BF16Autocast: assert set(learn._bf16_autocast.loss_dtypes) == {torch.float32}
 
-@pytest.mark.parametrize('make', [lambda h: HXELoss(h, decode='crm'), lambda h: SoftLabelsLoss(h, decode='crm'), lambda h: HierarchicalLoss(h, decode='crm')])
+@pytest.mark.parametrize('make', [lambda h: HXELoss(h, decode='crm'), lambda h: SoftLabelsLoss(h, decode='crm'),
+                                  lambda h: HierarchicalLoss(h, decode='crm')])
 def test_crm_in_get_preds_and_predict(tiny_dls, tiny_hier, make):
     learn = _learner(tiny_dls, tiny_hier, make(tiny_hier))
     learn.fit(1, 1e-2)
@@ -52,12 +53,14 @@ def test_crm_is_not_the_default(tiny_hier):
         assert lf.decode == 'argmax'
 
 def test_export_load_learner(tiny_dls, tiny_hier, tmp_path):
-    "The loss, its parameter and `decode='crm'` survive `export` and `load_learner` (`check_loss` loads the loss in a fresh process)"
+    ("The loss, its parameter and `decode='crm'` survive `export` and `load_learner` (`check_loss` loads the "
+     "loss in a fresh process)")
     learn = _learner(tiny_dls, tiny_hier, HXELoss(tiny_hier, alpha=0.3, decode='crm'))
     learn.fit(1, 1e-2)
     learn.export(tmp_path/'export.pkl')
     loaded = load_learner(tmp_path/'export.pkl')
-    assert repr(loaded.loss_func) == repr(learn.loss_func) and repr(loaded.loss_func).endswith("alpha=0.3, decode='crm')")
+    assert (repr(loaded.loss_func) == repr(learn.loss_func)
+            and repr(loaded.loss_func).endswith("alpha=0.3, decode='crm')"))
     item = tiny_dls.valid_ds.items[0]
     (_,idx,probs),(_,idx2,probs2) = learn.predict(item),loaded.predict(item)
     assert idx == idx2 == crm_decode(probs[None], tiny_hier)[0] and torch.allclose(probs, probs2)

@@ -1,17 +1,19 @@
 "`HierarchicalLoss` and the metrics inside real fastai learners, on the PETS sample"
 import math, subprocess, sys, textwrap
 import pytest, torch
-from fastai.vision.all import (L, Callback, ClassificationInterpretation, CutMix, MixUp, accuracy, cnn_learner, resnet18,
-                               set_seed, tensor)
+from fastai.vision.all import (L, Callback, ClassificationInterpretation, CutMix, MixUp, accuracy,
+                               cnn_learner, resnet18, set_seed, tensor)
 from fastcore.test import test_close as _close
-from fastai_hier.all import HierarchicalLoss, LevelAccuracy, MistakeSeverity, HierarchicalDistance, CoarseToFine, pets_hierarchy
+from fastai_hier.all import (HierarchicalLoss, LevelAccuracy, MistakeSeverity, HierarchicalDistance,
+                             CoarseToFine, pets_hierarchy)
 from fastai.vision.all import vision_learner, CrossEntropyLossFlat
 from conftest import small_learner
 
 def test_issue_example_trains(dls, hier):
     "The README's example, with `cnn_learner`, on small images and without pretrained weights"
     set_seed(0)
-    learn = cnn_learner(dls, resnet18, pretrained=False, loss_func=HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3}),
+    learn = cnn_learner(dls, resnet18, pretrained=False,
+                        loss_func=HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3}),
                         metrics=[accuracy, LevelAccuracy(hier, 'species'), MistakeSeverity(hier)])
     learn.fine_tune(2, base_lr=2e-3)
     losses = L(learn.recorder.losses).map(float)
@@ -60,7 +62,8 @@ def test_mixup_cutmix(dls, hier, cb):
     assert isinstance(learn.loss_func, HierarchicalLoss) # unwrapped after fit
 
 class _BF16Autocast(Callback):
-    "Emulates mixed precision on the CPU: bfloat16 autocast around the forward pass and the loss, predictions left in bfloat16"
+    ("Emulates mixed precision on the CPU: bfloat16 autocast around the forward pass and the loss, "
+     "predictions left in bfloat16")
     order = 10
     def before_batch(self): self.ctx = torch.autocast('cpu', dtype=torch.bfloat16); self.ctx.__enter__()
     def after_pred(self): self.pred_dtypes.append(self.pred.dtype)
@@ -89,7 +92,8 @@ def test_lr_find(dls, hier):
 
 def test_wrong_head_width_is_a_clear_error(dls, hier):
     learn = small_learner(dls, hier, n_out=10)
-    with pytest.raises(ValueError, match='predictions have 10 classes on the class axis but the hierarchy has 37 fine classes'):
+    with pytest.raises(ValueError,
+                       match='predictions have 10 classes on the class axis but the hierarchy has 37 fine classes'):
         learn.fit(1)
 
 def test_interpretation(dls, hier):
@@ -100,7 +104,8 @@ def test_interpretation(dls, hier):
     assert interp.confusion_matrix().sum() == len(dls.valid_ds)
 
 def test_every_hierarchy_is_checked_against_the_vocab(dls, hier):
-    "A hierarchy in another order than `dls.vocab`, in a metric or a callback of a learner whose loss has none, is refused when the learner is made, and stops a fit before it trains when it came later"
+    ("A hierarchy in another order than `dls.vocab`, in a metric or a callback of a learner whose loss has none, is "
+     "refused when the learner is made, and stops a fit before it trains when it came later")
     wrong = pets_hierarchy(list(dls.vocab)[::-1])
     for kw,what in [(dict(metrics=LevelAccuracy(wrong, 'species')), 'The metric species_accuracy'),
                     (dict(metrics=HierarchicalDistance(wrong)), 'The metric hier_distance@5'),
@@ -115,17 +120,20 @@ def test_every_hierarchy_is_checked_against_the_vocab(dls, hier):
     with pytest.raises(ValueError, match="The loss HierarchicalLoss orders"): learn.lr_find(num_it=2, show_plot=False)
 
 def test_compiled_model_and_loss(dls, hier):
-    "`torch.compile`: a learner with a compiled model trains with the loss, and the loss's inner module compiled whole gives the same losses"
+    ("`torch.compile`: a learner with a compiled model trains with the loss, and the loss's inner module compiled "
+     "whole gives the same losses")
     from fastai.vision.all import Learner, ConvLayer, Flatten, nn
     set_seed(0)
-    model = nn.Sequential(ConvLayer(3, 16, stride=4), ConvLayer(16, 32, stride=4), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(32, len(hier)))
+    model = nn.Sequential(ConvLayer(3, 16, stride=4), ConvLayer(16, 32, stride=4), nn.AdaptiveAvgPool2d(1), Flatten(),
+                          nn.Linear(32, len(hier)))
     lf = HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3})
     learn = Learner(dls, torch.compile(model), loss_func=lf, metrics=LevelAccuracy(hier, 'species'))
     learn.fit(1, 1e-3)
     assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
     out,y = learn.get_preds(act=lambda o: o)   # the compiled model's logits, through fastai's loop
     eager = lf(out, y)
-    lf.func = torch.compile(lf.func, fullgraph=True)   # the inner module gets plain tensors: dynamo does not trace `TensorBase`
+    # the inner module gets plain tensors: dynamo does not trace `TensorBase`
+    lf.func = torch.compile(lf.func, fullgraph=True)
     _close(lf(out, y), eager, eps=1e-5)
     learn.fit(1, 1e-3)
     assert all(math.isfinite(float(l)) for l in learn.recorder.losses)

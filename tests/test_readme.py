@@ -5,7 +5,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 def render(nb=ROOT/'nbs'/'index.ipynb') -> str:
-    "Markdown cells with `<!-- include: FILE -->` lines replaced by FILE, code cells fenced as Python without `#|` directives, `#| hide` cells left out"
+    ("Markdown cells with `<!-- include: FILE -->` lines replaced by FILE, code cells fenced as Python without `#|` "
+     "directives, `#| hide` cells left out")
     out = []
     for c in json.loads(nb.read_text())['cells']:
         src = ''.join(c['source'])
@@ -17,6 +18,7 @@ def render(nb=ROOT/'nbs'/'index.ipynb') -> str:
     return '\n\n'.join(out) + '\n'
 
 def test_readme_is_rendered_from_index():
-    assert (ROOT/'README.md').read_text() == render(), "README.md is out of date: edit nbs/index.ipynb and run `python tests/test_readme.py`"
+    assert (ROOT/'README.md').read_text() == render(), ("README.md is out of date: edit nbs/index.ipynb and run "
+                                                        "`python tests/test_readme.py`")
 
 if __name__ == '__main__': (ROOT/'README.md').write_text(render())

@@ -12,4 +12,5 @@ def test_data_folder_is_not_the_sample():
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason='the sample was built from a PETS download, not linked from ../shared')
 def test_nothing_written_into_the_sample():
-    assert sorted(p.suffix for p in SHARED.iterdir() if p.suffix != '.jpg') == [], [p for p in SHARED.iterdir() if p.suffix != '.jpg']
+    assert sorted(p.suffix for p in SHARED.iterdir() if p.suffix != '.jpg') == [], [p for p in SHARED.iterdir()
+                                                                                    if p.suffix != '.jpg']

@@ -1,4 +1,5 @@
-"Large taxonomies: 10,000 fine classes in 7 levels, as iNaturalist's, with no per-class loops and no class-by-class matrices"
+("Large taxonomies: 10,000 fine classes in 7 levels, as iNaturalist's, with no per-class loops and no "
+ "class-by-class matrices")
 import math, sys
 from pathlib import Path
 import pytest, torch
@@ -28,7 +29,8 @@ def test_levels(big):
 def reference(x, targ, hier, weights):
     "The loss from `Hierarchy.coarsen`: log-sum-exps of the log-softmax within each group"
     lp = F.log_softmax(x.double(), -1)
-    return -sum(w*hier.coarsen(lp, i).gather(-1, hier.to_level(targ, i)[:,None])[:,0] for i,w in enumerate(weights)).mean()
+    return -sum(w*hier.coarsen(lp, i).gather(-1, hier.to_level(targ, i)[:,None])[:,0]
+                for i,w in enumerate(weights)).mean()
 
 def test_loss_matches_log_space_reference(big):
     torch.manual_seed(0)
@@ -97,12 +99,14 @@ def test_crm_needs_no_class_by_class_matrix(big):
     # brute force for the chosen class and 500 others, in float64: sum_i p_i d(i, j), d from the index tensors
     cand = torch.cat([pred[:,None], torch.randint(0, 10000, (4, 500))], 1)
     i = torch.arange(10000)
-    brute = torch.stack([torch.stack([(p[r].double()*big.distance(i, j).double()).sum() for j in cand[r]]) for r in range(4)])
+    brute = torch.stack([torch.stack([(p[r].double()*big.distance(i, j).double()).sum() for j in cand[r]])
+                         for r in range(4)])
     assert (brute[:,:1] <= brute[:,1:] + 1e-9).all()
     assert torch.allclose(crm_risk(p, big).gather(1, cand).double(), brute, atol=1e-4)
     assert big._distances is None
 
-@pytest.mark.skipif(not Path('/usr/share/wordnet/data.noun').exists(), reason='WordNet is not installed (apt-get install -y wordnet-base)')
+@pytest.mark.skipif(not Path('/usr/share/wordnet/data.noun').exists(),
+                    reason='WordNet is not installed (apt-get install -y wordnet-base)')
 def test_wordnet_losses_match_the_log_space_reference():
     "WordNet's giant, ragged groups: every level summed; the loss and its gradient against float64"
     wn = Hierarchy.from_wordnet()

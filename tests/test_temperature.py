@@ -2,8 +2,8 @@
 import math
 import matplotlib; matplotlib.use('Agg')
 import pytest, torch
-from fastai.vision.all import (URLs, Callback, CrossEntropyLossFlat, CutMix, MixUp, SchedCos, accuracy, cnn_learner, load_learner,
-                               noop, resnet18, set_seed, untar_data)
+from fastai.vision.all import (URLs, Callback, CrossEntropyLossFlat, CutMix, MixUp, SchedCos, accuracy,
+                               cnn_learner, load_learner, noop, resnet18, set_seed, untar_data)
 from fastcore.test import test_close as _close
 from fastai_hier.all import HierarchicalLoss, LevelAccuracy, pets_dls, pets_hierarchy
 from fastai_hier.all import (ECE, InferenceTemperature, TemperatureSchedule, TrainingTemperature,
@@ -41,7 +41,8 @@ def tuned(tiny):
     "The issue's example: `cnn_learner`, a schedule from 4 spanning both fits of `fine_tune(1)`"
     dls,hier = tiny
     set_seed(0)
-    learn = cnn_learner(dls, resnet18, pretrained=False, loss_func=HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3}),
+    learn = cnn_learner(dls, resnet18, pretrained=False,
+                        loss_func=HierarchicalLoss(hier, weights={'breed': 0.7, 'species': 0.3}),
                         metrics=[accuracy, LevelAccuracy(hier, 'species'), ECE(), TrainingTemperature()],
                         cbs=[TemperatureSchedule(4., total_epochs=2)] + _spies())
     learn.fine_tune(1)
@@ -93,7 +94,8 @@ def test_mixup_cutmix(tiny, mix):
 def test_other_loss_bf16_fit_one_cycle(tiny):
     "Without a temperature of its own, the loss gets the predictions divided, bfloat16 ones included"
     dls,hier = tiny
-    learn = small_learner(dls, hier, loss_func=CrossEntropyLossFlat(), cbs=[_BF16Autocast(), TemperatureSchedule(3.)] + _spies())
+    learn = small_learner(dls, hier, loss_func=CrossEntropyLossFlat(),
+                          cbs=[_BF16Autocast(), TemperatureSchedule(3.)] + _spies())
     learn.fit_one_cycle(1, 1e-3)
     temps = learn.temperature_schedule.temperatures
     assert set(learn._bf16_autocast.pred_dtypes) == {torch.bfloat16}

@@ -47,7 +47,8 @@ def test_float32_gradients_finite_and_accurate(n):
         assert loss.isfinite() and x.grad.isfinite().all(), (tau, k, scale)
         x64 = s.double().requires_grad_()
         SmoothTopKLoss(k=k, tau=tau, reduction='sum')(x64, y).backward()
-        assert torch.allclose(x.grad.double(), x64.grad, atol=1e-4), (tau, k, scale, (x.grad.double()-x64.grad).abs().max())
+        assert torch.allclose(x.grad.double(), x64.grad, atol=1e-4), (tau, k, scale,
+                                                                      (x.grad.double()-x64.grad).abs().max())
 
 def test_log_esp_large_spread():
     "Coefficients 1e5 nats apart: no underflow to -inf, exact in float64"
@@ -65,7 +66,8 @@ def test_loss_check_in_vision_learner(tiny_dls, loss_func):
 def test_trains_under_bf16_autocast(tiny_dls):
     "A linear model on the images: bfloat16 convolutions are slow on a CPU, and the loss is what is under test"
     set_seed(0)
-    learn = Learner(tiny_dls, nn.Sequential(nn.Flatten(), nn.Linear(3*32*32, 37)), loss_func=SmoothTopKLoss(k=5, tau=0.1),
+    learn = Learner(tiny_dls, nn.Sequential(nn.Flatten(), nn.Linear(3*32*32, 37)),
+                    loss_func=SmoothTopKLoss(k=5, tau=0.1),
                     metrics=[accuracy, flat_top_k_accuracy], cbs=[_BF16Autocast(), LossCheck()])
     learn.fit(1, 1e-3)
     cb = learn._bf16_autocast

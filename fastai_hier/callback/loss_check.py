@@ -19,8 +19,8 @@ def _takes_reduction(lf) -> bool:
     except (TypeError, ValueError): return True # a builtin: cannot tell, let it try
     return any(p.name == 'reduction' or p.kind == p.VAR_KEYWORD for p in ps)
 
-_use_a_loss = ("Metrics (`accuracy`, `top_k_accuracy`, `error_rate`, `LevelAccuracy`) count right answers: they are not "
-               "differentiable and cannot be trained on. Pass a loss as `loss_func` (`CrossEntropyLossFlat()`, "
+_use_a_loss = ("Metrics (`accuracy`, `top_k_accuracy`, `error_rate`, `LevelAccuracy`) count right answers: they are "
+               "not differentiable and cannot be trained on. Pass a loss as `loss_func` (`CrossEntropyLossFlat()`, "
                "`SmoothTopKLoss(k=5)` for top-k accuracy, `HierarchicalLoss(hier)` for a hierarchy) and the metric "
                "in `metrics=`.")
 

@@ -79,8 +79,8 @@ class Hierarchy:
         if missing:
             extra = [o for o in leaves if o not in set(vocab)]
             also = f"; leaves of the hierarchy not in the vocab: {_unmatched(extra, missing)}" if extra else ''
-            raise ValueError(f"Classes of the vocab are missing from the hierarchy: {_unmatched(missing, extra)}{also}. "
-                             "Give each class of the vocab a parent, spelled as in the vocab.")
+            raise ValueError(f"Classes of the vocab are missing from the hierarchy: {_unmatched(missing, extra)}"
+                             f"{also}. Give each class of the vocab a parent, spelled as in the vocab.")
         not_leaves = [v for v in vocab if v in inner]
         if not_leaves:
             raise ValueError(f"Classes of the vocab are parents of other classes in the hierarchy: {not_leaves}. Fine "
