@@ -1,21 +1,13 @@
 "`scripts/transfer_study.py`: trained on Fashion-MNIST's clothes, probed on its goods; resumable; one row per run"
-import importlib.util
-from pathlib import Path
 import pandas as pd, pytest
 from fastai_hier.data.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_TREE, fashion_mnist
+import transfer_study as ts # scripts/ is on the path (conftest.py)
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"Fashion-MNIST is not installed "
                                 f"({FASHION_MNIST_DIR}): apt-get install -y dataset-fashion-mnist")
-ROOT = Path(__file__).resolve().parents[1]
-
-def _script():
-    spec = importlib.util.spec_from_file_location('transfer_study', ROOT/'scripts'/'transfer_study.py')
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
 
 def test_the_probe_never_sees_a_training_class():
-    ts, (_, labels, test) = _script(), fashion_mnist()
+    _, labels, test = fashion_mnist()
     clothes = [c for g in FASHION_MNIST_TREE['Clothes'].values() for c in g]
     goods = [c for g in FASHION_MNIST_TREE['Goods'].values() for c in g]
     (t, v), (pt, pv) = ts.split(labels, test, clothes, 10, 0), ts.split(labels, test, goods, 10, 0)
@@ -24,7 +16,6 @@ def test_the_probe_never_sees_a_training_class():
     assert not set(t) & set(test) and set(v) <= set(test) and set(pv) <= set(test)
 
 def test_runs_resume_and_refuse_another_setup(tmp_path, capsys):
-    ts = _script()
     argv = ['--train-pct', '0.5', '--epochs', '1', '--bs', '16', '--seeds', '0', '--out', str(tmp_path)]
     ts.main(argv)
     df = pd.read_csv(tmp_path/'sweep.csv')
