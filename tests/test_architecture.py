@@ -75,12 +75,11 @@ def test_imports_run_one_way():
     assert {m: u for m,u in upward.items() if u} == {}
 
 def nbdev_lines(tree:ast.Module) -> set:
-    ("Line numbers of what nbdev writes itself rather than copies from a code cell: the module docstring (the "
-     "notebook's `> ` description line) and `__all__` (which nbdev wraps at 120 without counting `__all__ = `)")
-    doc = tree.body[:1] if ast.get_docstring(tree) is not None else []
+    ("Line numbers of what nbdev writes itself rather than copies from a cell: `__all__`, which it wraps at 120 "
+     "without counting `__all__ = `")
     alls = [n for n in tree.body
             if isinstance(n, ast.Assign) and [getattr(t, 'id', None) for t in n.targets] == ['__all__']]
-    return {i for n in doc + alls for i in range(n.lineno, n.end_lineno + 1)}
+    return {i for n in alls for i in range(n.lineno, n.end_lineno + 1)}
 
 def test_lines_and_raises():
     ("No line of the package over 120 characters, but for what nbdev writes itself (`nbdev_lines`: the code cells are "

@@ -1,4 +1,4 @@
-"""`Hierarchy.from_parents`, `from_df`, `from_dict` and `from_func`: a hierarchy from the table you have; `from_wordnet`: WordNet's nouns.
+"""`Hierarchy.from_parents`, `from_df`, `from_dict`, `from_func`: from your table; `from_wordnet`: WordNet's nouns.
 
 Docs: https://fastai-hier.github.io/fastai_hier/build.html.md"""
 
