@@ -5,7 +5,7 @@
 # runs studies/claims_groups.json into the same folders: coarse-first at its middle level (6 groups), which PETS lacks;
 # and scripts/transfer_study.py probes whether a high starting temperature's features transfer better.
 # Each sweep resumes from its sweep.csv; PETS needs the sample (scripts/pets_sample.py) or PETS under FASTAI_HOME.
-#   scripts/claims_study.sh            # all three, one after the other
+#   scripts/claims_study.sh            # every part, one after the other, then the report
 #   scripts/claims_study.sh pets       # or one of pets, pct1, pct10, transfer; then `python scripts/claims_report.py`
 #   scripts/claims_study.sh cache      # the PETS study's time with and without FeatureCache, on the same slice of
 #                                      # its trainings (--shard 1/30), side by side: results/claims/cache_timing.csv

@@ -39,8 +39,8 @@ def features(body, x, bs=1024) -> torch.Tensor:
 
 def probe_accuracy(body, images, labels, train, test, mean, std) -> float:
     "Test accuracy of a logistic regression on `body`'s features, fit on the images at `train`"
-    x = (images[:, None].float()/255 - mean)/std # as the body was trained: normalised by its training images
-    f = {k: features(body, x[idx]).numpy() for k,idx in (('train', train), ('test', test))}
+    def _x(idx): return (images[idx][:, None].float()/255 - mean)/std # as the body was trained: by its training images
+    f = {k: features(body, _x(idx)).numpy() for k,idx in (('train', train), ('test', test))}
     scale = StandardScaler().fit(f['train'])
     clf = LogisticRegression(max_iter=5000).fit(scale.transform(f['train']), [labels[i] for i in train])
     return clf.score(scale.transform(f['test']), [labels[i] for i in test])
