@@ -11,7 +11,8 @@ def test_the_probe_never_sees_a_training_class():
     clothes = [c for g in FASHION_MNIST_TREE['Clothes'].values() for c in g]
     goods = [c for g in FASHION_MNIST_TREE['Goods'].values() for c in g]
     (t, v), (pt, pv) = ts.split(labels, test, clothes, 10, 0), ts.split(labels, test, goods, 10, 0)
-    assert (len(t), len(v), len(pt), len(pv)) == (3600, 6000, 2400, 4000)   # 10% of 6,000 training images a class; 1,000 test images a class
+    # 10% of the 6,000 training images of each class, and the 1,000 test images of each class
+    assert (len(t), len(v), len(pt), len(pv)) == (3600, 6000, 2400, 4000)
     assert {labels[i] for i in [*t, *v]} == set(clothes) and {labels[i] for i in [*pt, *pv]} == set(goods)
     assert not set(t) & set(test) and set(v) <= set(test) and set(pv) <= set(test)
 
