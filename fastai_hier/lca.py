@@ -8,13 +8,13 @@ Docs: https://fastai-hier.github.io/fastai_hier/lca.html.md"""
 __all__ = ['ClassDistance', 'as_distance', 'crm_ranking', 'check_rank', 'rank_classes', 'top1_accuracy', 'top1_severity',
            'hd_at_k', 'RankedMetric', 'Top1Accuracy', 'Top1Severity', 'HDAtK', 'literature_metrics']
 
-# %% ../nbs/04_lca.ipynb #9a2d9fbb
+# %% ../nbs/04_lca.ipynb #c28a4400
 from fastai.basics import *
 from .hierarchy import *
 from .core import *
 from .decode import *
 
-# %% ../nbs/04_lca.ipynb #d414f00d
+# %% ../nbs/04_lca.ipynb #1431aa4d
 _KINDS = {'ilsvrc': "the tree's height minus the depth of the lowest common ancestor (MBM's `ilsvrc` distance)",
           'height': "the height of the lowest common ancestor: the longest path from it down to a class",
           'levels': "the package's level distance, `Hierarchy.distance`: the number of levels where they differ"}
@@ -99,7 +99,7 @@ class ClassDistance:
         c = torch.arange(n)
         return torch.cat([self(c[i:i+256,None], c) for i in range(0, n, 256)])
 
-# %% ../nbs/04_lca.ipynb #8e87400e
+# %% ../nbs/04_lca.ipynb #4c7e4c16
 @patch
 def scores(self:ClassDistance,
     probs:Tensor, # Probabilities over the fine classes (e.g. `get_preds` outputs), the class axis last
@@ -140,7 +140,7 @@ def crm(self:ClassDistance,
     with torch.autocast(probs.device.type, enabled=False):
         return self.scores(as_probs(probs, self.hier, axis, 'ClassDistance.crm')).argmax(-1)
 
-# %% ../nbs/04_lca.ipynb #876309e1
+# %% ../nbs/04_lca.ipynb #5b8d2d30
 def as_distance(dist, kind:str='ilsvrc') -> ClassDistance:
     "`dist` if it is a `ClassDistance`, else the `kind` of distance on the `Hierarchy` `dist`"
     if isinstance(dist, ClassDistance): return dist
@@ -183,7 +183,7 @@ def rank_classes(
     order = probs.argsort(dim=-1, descending=True, stable=True)
     return order if k is None else order[...,:check_k(k, '`k`', probs.shape[-1])]
 
-# %% ../nbs/04_lca.ipynb #f48772e2
+# %% ../nbs/04_lca.ipynb #38a5e358
 def _fine_targets(targ, hier, name):
     "`targ` as fine class indices, or a clear error (a group, a partial label, has no distance to a class here)"
     t = check_indices(targ, hier, 'targets', name)
@@ -219,7 +219,7 @@ def hd_at_k(
     k = check_k(k, '`k`', ranking.shape[-1])
     return dist(ranking[:,:k], _fine_targets(targ, dist.hier, 'hd_at_k').to(ranking.device)[:,None]).mean()
 
-# %% ../nbs/04_lca.ipynb #fb11de56
+# %% ../nbs/04_lca.ipynb #d7efcd3c
 class RankedMetric(Metric):
     ("A measure of the classes `rank` puts first, summed over the batches (fine class targets); `Top1Accuracy`, "
      "`Top1Severity` and `HDAtK` say which")

@@ -7,14 +7,14 @@ Docs: https://fastai-hier.github.io/fastai_hier/frame.html.md"""
 # %% auto #0
 __all__ = ['frame_similarity', 'frame_weights', 'HierarchyFrame', 'FrameHead', 'FrameCrossEntropy', 'FrameLoss']
 
-# %% ../../nbs/14_frame.ipynb #bcd9546b
+# %% ../../nbs/14_frame.ipynb #c647ea0f
 from fastai.basics import *
 from ..hierarchy import *
 from ..core import *
 from ..lca import ClassDistance
 from .base import *
 
-# %% ../../nbs/14_frame.ipynb #0ba54a07
+# %% ../../nbs/14_frame.ipynb #9bc3dd4f
 def frame_similarity(
     D:Tensor, # Class-by-class tree distances, symmetric, 0 on the diagonal (`ClassDistance.matrix`)
     gamma:float=2., # Decay: larger makes the classes' vectors more orthogonal
@@ -49,7 +49,7 @@ def frame_weights(
     keep = lam > tol*lam[-1]
     return V[:,keep]*lam[keep].sqrt()
 
-# %% ../../nbs/14_frame.ipynb #a4cd2bec
+# %% ../../nbs/14_frame.ipynb #6b11f336
 class HierarchyFrame:
     ("HAFrame's fixed classifier frame for `hier`: unit class vectors whose cosine similarities decay with the tree "
      "distance, as far apart as they can be")
@@ -77,7 +77,7 @@ class HierarchyFrame:
         return (f"{type(self).__name__}({self.hier}, gamma={self.gamma}, kind={self.kind!r}, dim={self.dim}, "
                 f"s_min={self.s_min:.4f})")
 
-# %% ../../nbs/14_frame.ipynb #5fec090a
+# %% ../../nbs/14_frame.ipynb #a6b2ac5b
 class FrameHead(Module):
     ("A head onto a fixed `HierarchyFrame`: average pooling (of a body's feature map), a trainable projection `z` to "
      "the frame's dimension, and the logits `W z` against the frozen class vectors")
@@ -100,7 +100,7 @@ class FrameHead(Module):
         return self.proj(self.pool(x) if x.ndim > 2 else x)
     def forward(self, x:Tensor) -> Tensor: return self.features(x) @ self.weight.T
 
-# %% ../../nbs/14_frame.ipynb #71bb761f
+# %% ../../nbs/14_frame.ipynb #be06f01e
 class FrameCrossEntropy(Module):
     ("HAFrame's loss, `(1 - alpha) CE + alpha sum_c (cos(w_c, z) - S_yc)^2`, from the logits `W z` of a "
      "`FrameHead`: the frame's vectors span its dimension, so `z` is `pinv(W)` times the logits")
