@@ -11,6 +11,7 @@ __all__ = []
 from .hierarchy import *
 from .core import *
 from .decode import *
+from .lca import *
 from .losses import *
 from .metrics import *
 from .hedge import *
@@ -37,6 +38,8 @@ __all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibrat
                        level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial, pets, backbone,
                        fashion_mnist)
            for n in m.__all__]
+from . import lca
+__all__ += lca.__all__
 
 def __getattr__(name): # a renamed name still imports, with a warning that names the new one
     from fastai_hier.renames import old_name
