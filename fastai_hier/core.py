@@ -8,7 +8,7 @@ Docs: https://fastai-hier.github.io/fastai_hier/core.html.md"""
 __all__ = ['unwrap_loss', 'loss_module', 'loss_hier', 'has_temperature', 'pred_probs', 'loss_name', 'check_temperature',
            'check_probability', 'check_non_negative', 'check_k', 'check_level_weights', 'check_targets',
            'align_targets', 'flatten_preds', 'check_width', 'check_indices', 'check_node_targets', 'check_pred_targets',
-           'input_level', 'CheckVocab']
+           'input_level', 'target_vocab', 'CheckVocab']
 
 # %% ../nbs/02_core.ipynb #56be84a7
 from fastai.basics import *
@@ -218,6 +218,16 @@ def _hierarchies(learn) -> list:
               *((f'The callback {type(c).__name__}', c) for c in learn.cbs)]
     return [(what, o.hier) for what,o in pieces if isinstance(getattr(o, 'hier', None), Hierarchy)]
 
+def target_vocab(dls):
+    ("The vocab of the one target of `dls`: `dls.vocab`, or its last where the inputs have one too (text: the tokens "
+     "then the classes); None where there is none, or several targets")
+    vocab = getattr(dls, 'vocab', None)
+    # a `CategoryMap` is no list: fastai's gathered vocabs are an `L` of them, or of a list of tokens
+    if vocab is None or not (len(vocab) and (is_listy(vocab[0]) or isinstance(vocab[0], CollBase))): return vocab
+    # fastai gathers the vocab of each of the dataset's transform lists that has one, the inputs' first
+    tls,n_inp = getattr(getattr(dls, 'train_ds', None), 'tls', None),getattr(dls, 'n_inp', None)
+    return vocab[-1] if tls is not None and n_inp is not None and len(tls) - n_inp == 1 else None
+
 class CheckVocab(Callback):
     ("When the learner is made and at the start of each fit, check that every hierarchy of the learner's loss, "
      "metrics and callbacks follows `dls.vocab`")
@@ -225,9 +235,8 @@ class CheckVocab(Callback):
     # also when the learner is made, where the user's mistake is; and at each fit, since any part may change in between
     def after_create(self): self.before_fit()
     def before_fit(self):
-        vocab = getattr(self.dls, 'vocab', None)
-        # no single vocab to compare with (several targets)
-        if vocab is None or (len(vocab) and is_listy(vocab[0])): return
+        vocab = target_vocab(self.dls)
+        if vocab is None: return # no single vocab to compare with (several targets)
         for what,hier in _hierarchies(self.learn): hier.check_vocab(vocab, what)
 
 if CheckVocab not in defaults.callbacks: defaults.callbacks.append(CheckVocab)
