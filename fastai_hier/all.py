@@ -26,17 +26,18 @@ from .check import *
 from .interpret import *
 from .tree_plot import *
 from .partial import *
+from .tabular import *
 from .data.pets import *
 from .data.backbone import *
 from .data.fashion_mnist import *
 from . import (
-    calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tree_plot)
+    calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tabular, tree_plot)
 from .callback import span, temperature, coarse_to_fine, level_schedule, loss_check, feature_cache
 from .data import pets, backbone, fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
 __all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, span, temperature, coarse_to_fine,
-                       level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial, pets, backbone,
-                       fashion_mnist)
+                       level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial, tabular, pets,
+                       backbone, fashion_mnist)
            for n in m.__all__]
 from . import lca
 __all__ += lca.__all__

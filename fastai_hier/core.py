@@ -7,7 +7,8 @@ Docs: https://fastai-hier.github.io/fastai_hier/core.html.md"""
 # %% auto #0
 __all__ = ['unwrap_loss', 'loss_module', 'loss_hier', 'has_temperature', 'pred_probs', 'loss_name', 'check_temperature',
            'check_probability', 'check_non_negative', 'check_k', 'check_level_weights', 'check_targets',
-           'flatten_preds', 'check_width', 'check_indices', 'check_node_targets', 'input_level', 'CheckVocab']
+           'align_targets', 'flatten_preds', 'check_width', 'check_indices', 'check_node_targets', 'check_pred_targets',
+           'input_level', 'target_vocab', 'CheckVocab']
 
 # %% ../nbs/02_core.ipynb #56be84a7
 from fastai.basics import *
@@ -133,13 +134,31 @@ def check_targets(inp, targ, hier, ignore_index=-100, nodes=False) -> bool:
                      f"vocab.{groups}")
 
 # %% ../nbs/02_core.ipynb #269d4ef8
+def align_targets(targ:Tensor, shape:tuple) -> Tensor:
+    ("`targ` reshaped to `shape` where the two differ only by axes of size 1, as fastai's tabular targets `(bs, 1)` "
+     "do from predictions `(bs, n_classes)`; else `targ` as it is")
+    def _sizes(s): return [o for o in s if o != 1]
+    # the same items in the same order: what fastai's own metrics accept (they flatten both)
+    if tuple(targ.shape) != tuple(shape) and _sizes(targ.shape) == _sizes(shape): return targ.reshape(shape)
+    return targ
+
 def flatten_preds(inp, targ, axis=-1) -> tuple:
-    "Move the class `axis` of `inp` last and flatten both, one row per prediction"
+    ("Move the class `axis` of `inp` last and flatten both, one row per prediction; the targets may have extra axes of "
+     "size 1, as fastai's tabular `(bs, 1)`")
     inp = inp.transpose(axis, -1)
+    targ = align_targets(targ, inp.shape[:-1])
     if inp.shape[:-1] != targ.shape:
+        # `axis` is to blame only where the user set it, or where the predictions have more than one axis to pick
+        hint = (f" `axis` is {axis}: check that it is the predictions' class axis." if axis not in (-1, inp.ndim-1)
+                else " If the classes are not on the predictions' last axis, give theirs as `axis`." if inp.ndim > 2
+                else '')
         raise ValueError(f"Predictions of shape {tuple(inp.shape)} (class axis last) do not match targets of shape "
-                         f"{tuple(targ.shape)}: check `axis`.")
-    return inp.reshape(-1, inp.shape[-1]), targ.reshape(-1)
+                         f"{tuple(targ.shape)}: give one target per prediction, of shape "
+                         f"{tuple(inp.shape[:-1])}.{hint}")
+    targ = targ.reshape(-1)
+    # fastai's tabular class indices are int8: as long, they index tables and their sums do not overflow
+    if not (targ.is_floating_point() or targ.is_complex() or targ.dtype in (torch.bool, torch.long)): targ = targ.long()
+    return inp.reshape(-1, inp.shape[-1]), targ
 
 def check_width(inp, hier, name):
     "Raise a clear error unless the predictions `inp` have one column per fine class of `hier`; `name` is the caller's"
@@ -161,12 +180,23 @@ def check_indices(x, hier, what, name) -> Tensor:
                else f"{n} fine classes")
         raise ValueError(f"{name} got {what} from {x.min().item()} to {x.max().item()}, but the hierarchy has {has}: "
                          f"indices go from 0 to {n-1}.")
-    return x
+    return x.long() # fastai's tabular targets are int8, which cannot index a table
 
 def check_node_targets(targ, hier, name) -> tuple:
     ("A fine class inside each target node, and the node's level (the target defines it and the coarser ones), or a "
      "clear error")
     return hier.node_targets(check_indices(targ, hier, 'targets', name))
+
+def check_pred_targets(pred, targ, hier, name) -> tuple:
+    ("Fine class indices `pred`, and `check_node_targets` of `targ` on their device and of their shape (the targets "
+     "may have extra axes of size 1, as fastai's tabular `(bs, 1)`), or a clear error")
+    pred = check_indices(pred, hier, 'predictions', name)
+    fine,level = check_node_targets(align_targets(torch.as_tensor(targ), pred.shape), hier, name)
+    # compared item by item: `(n,)` against `(n, 1)` would broadcast to `(n, n)`
+    if fine.shape != pred.shape:
+        raise ValueError(f"{name} got predictions of shape {tuple(pred.shape)} and targets of shape "
+                         f"{tuple(fine.shape)}: give one target per prediction.")
+    return pred,fine.to(pred.device),level.to(pred.device)
 
 def input_level(inp, hier, level, name) -> int:
     "The level whose classes the width of `inp` counts: the finest with that many classes, no coarser than `level`"
@@ -188,6 +218,16 @@ def _hierarchies(learn) -> list:
               *((f'The callback {type(c).__name__}', c) for c in learn.cbs)]
     return [(what, o.hier) for what,o in pieces if isinstance(getattr(o, 'hier', None), Hierarchy)]
 
+def target_vocab(dls):
+    ("The vocab of the one target of `dls`: `dls.vocab`, or its last where the inputs have one too (text: the tokens "
+     "then the classes); None where there is none, or several targets")
+    vocab = getattr(dls, 'vocab', None)
+    # a `CategoryMap` is no list: fastai's gathered vocabs are an `L` of them, or of a list of tokens
+    if vocab is None or not (len(vocab) and (is_listy(vocab[0]) or isinstance(vocab[0], CollBase))): return vocab
+    # fastai gathers the vocab of each of the dataset's transform lists that has one, the inputs' first
+    tls,n_inp = getattr(getattr(dls, 'train_ds', None), 'tls', None),getattr(dls, 'n_inp', None)
+    return vocab[-1] if tls is not None and n_inp is not None and len(tls) - n_inp == 1 else None
+
 class CheckVocab(Callback):
     ("When the learner is made and at the start of each fit, check that every hierarchy of the learner's loss, "
      "metrics and callbacks follows `dls.vocab`")
@@ -195,9 +235,8 @@ class CheckVocab(Callback):
     # also when the learner is made, where the user's mistake is; and at each fit, since any part may change in between
     def after_create(self): self.before_fit()
     def before_fit(self):
-        vocab = getattr(self.dls, 'vocab', None)
-        # no single vocab to compare with (several targets)
-        if vocab is None or (len(vocab) and is_listy(vocab[0])): return
+        vocab = target_vocab(self.dls)
+        if vocab is None: return # no single vocab to compare with (several targets)
         for what,hier in _hierarchies(self.learn): hier.check_vocab(vocab, what)
 
 if CheckVocab not in defaults.callbacks: defaults.callbacks.append(CheckVocab)

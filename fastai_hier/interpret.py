@@ -34,6 +34,8 @@ class HierarchicalInterpretation(ClassificationInterpretation):
         self.hier.check_vocab(self.vocab, 'The hierarchy of `HierarchicalInterpretation`')
         if preds is None: preds = learn.get_preds(dl=dl, with_decoded=True, act=act)
         self.probs,self.targs,self.decoded = preds
+        # one target per item, as the decoded classes, and long: fastai's tabular targets are `(n, 1)` int8
+        self.targs = align_targets(self.targs, self.probs.shape[:-1]).long()
         if (self.targs >= len(self.hier)).any():
             raise ValueError(f"Some targets are groups, not fine classes (node indices >= {len(self.hier)}): partial "
                              "labels. `HierarchicalInterpretation` compares fine classes at every level, and fastai's "

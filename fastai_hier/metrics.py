@@ -57,10 +57,9 @@ def class_level_accuracy(
 ) -> Tensor:
     ("Accuracy at `level` of the fine classes `pred` mapped up the tree, over the items whose target defines `level` "
      "(NaN if none does)")
-    i,pred = hier.level(level),check_indices(pred, hier, 'predictions', 'class_level_accuracy')
-    fine,node_level = check_node_targets(targ, hier, 'class_level_accuracy')
+    i,(pred,fine,node_level) = hier.level(level),check_pred_targets(pred, targ, hier, 'class_level_accuracy')
     defined = node_level <= i
-    return (hier.to_level(pred, i) == hier.to_level(fine.to(pred.device), i))[defined].float().mean()
+    return (hier.to_level(pred, i) == hier.to_level(fine, i))[defined].float().mean()
 
 def level_accuracy(inp, targ, hier, level, axis=-1):
     ("Accuracy after mapping predictions (by summed probabilities) and targets to `level` of `hier`, over the items "
@@ -108,8 +107,7 @@ def mistake_severity(
 ) -> Tensor:
     ("Mean tree distance between target and prediction over the wrong predictions, on the levels each target defines "
      "(NaN if none is wrong)")
-    pred = check_indices(pred, hier, 'predictions', 'mistake_severity')
-    fine,level = (o.to(pred.device) for o in check_node_targets(targ, hier, 'mistake_severity'))
+    pred,fine,level = check_pred_targets(pred, targ, hier, 'mistake_severity')
     d = tree_distance(pred, fine, level, hier)
     return d[d > 0].float().mean()
 
@@ -152,12 +150,7 @@ class HierarchicalDistance(AvgMetric):
 def _prf_counts(pred, targ, hier, nodes=None, name='hierarchical_prf'):
     ("Sums over the items of |P∩T|, |P| and |T|: P the distinct nodes on the path of `pred`, T the target node and "
      "its ancestors, root excluded")
-    pred,(fine,level) = check_indices(pred, hier, 'predictions', name),check_node_targets(targ, hier, name)
-    if pred.shape != fine.shape:
-        raise ValueError(f"{name} got predictions of shape {tuple(pred.shape)} and targets of shape "
-                         f"{tuple(fine.shape)}: "
-                         "give one index per item in each.")
-    pred,fine,level = pred.reshape(-1),fine.reshape(-1).to(pred.device),level.reshape(-1).to(pred.device)
+    pred,fine,level = (o.reshape(-1) for o in check_pred_targets(pred, targ, hier, name))
     nodes = ifnone(nodes, hier.distinct_nodes).to(pred.device)
     in_p,in_t = nodes[:,pred],nodes[:,fine] & defined_levels(level, hier)
     # a node both paths hold is at the same level in both, and is new in both there
