@@ -1,4 +1,4 @@
-"""From probabilities to a prediction at every level: the top class's path, top-down, each level's argmax, CRM, or a hedge.
+"""From probabilities to a prediction at every level: the top class's path, top-down, each level's argmax, CRM, a hedge.
 
 Docs: https://fastai-hier.github.io/fastai_hier/decode.html.md"""
 
