@@ -15,6 +15,7 @@ from .losses import *
 from .metrics import *
 from .hedge import *
 from .calibration import *
+from .levels import *
 from .callback.span import *
 from .callback.temperature import *
 from .callback.coarse_to_fine import *
@@ -29,11 +30,12 @@ from .data.pets import *
 from .data.backbone import *
 from .data.fashion_mnist import *
 from . import (
-    calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tree_plot)
+    calibration, check, core, decode, hedge, hierarchy, interpret, levels, losses, metrics, partial, tree_plot)
 from .callback import span, temperature, coarse_to_fine, level_schedule, loss_check, feature_cache
 from .data import pets, backbone, fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, span, temperature, coarse_to_fine,
+__all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, levels, span, temperature,
+                       coarse_to_fine,
                        level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial, pets, backbone,
                        fashion_mnist)
            for n in m.__all__]
