@@ -59,7 +59,8 @@ def predict_levels(self:Learner,
 ) -> dict: # `{level: (class, probability)}`, finest first; `(None, nan)` below a hedged node
     "`predict` at every level: the class predicted at every level of `item`, and its probability"
     _,hier = _levels_loss(self, '`predict_levels`')
-    items = item.to_frame().T if isinstance(item, pd.Series) else [item] # a table's `test_dl` takes a DataFrame
+    # a table's `test_dl` takes a DataFrame, whose columns keep their dtypes (`to_frame().T` makes them objects)
+    items = item.to_frame().T.infer_objects() if isinstance(item, pd.Series) else [item]
     row = self.get_level_preds(dl=self.dls.test_dl(items, rm_type_tfms=rm_type_tfms, num_workers=0),
                                decode=decode).iloc[0]
-    return {n: (row[n], float(row[f'{n}_prob'])) for n in hier.names}
+    return {n: (None if pd.isna(row[n]) else row[n], float(row[f'{n}_prob'])) for n in hier.names}
