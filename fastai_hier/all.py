@@ -16,6 +16,7 @@ from .losses import *
 from .metrics import *
 from .hedge import *
 from .calibration import *
+from .levels import *
 from .callback.span import *
 from .callback.temperature import *
 from .callback.coarse_to_fine import *
@@ -30,14 +31,15 @@ from .tabular import *
 from .data.pets import *
 from .data.backbone import *
 from .data.fashion_mnist import *
-from . import (
-    calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tabular, tree_plot)
+from fastai_hier import (
+    calibration, check, core, decode, hedge, hierarchy, interpret, levels, losses, metrics, partial, tabular,
+    tree_plot)
 from .callback import span, temperature, coarse_to_fine, level_schedule, loss_check, feature_cache
 from .data import pets, backbone, fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, span, temperature, coarse_to_fine,
-                       level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial, tabular, pets,
-                       backbone, fashion_mnist)
+__all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, levels, span, temperature,
+                       coarse_to_fine, level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial,
+                       tabular, pets, backbone, fashion_mnist)
            for n in m.__all__]
 from . import lca
 __all__ += lca.__all__

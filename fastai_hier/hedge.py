@@ -133,18 +133,36 @@ def fit_hedge(self:Learner,
     ds_idx:int=1, # Dataset to pick it on if `dl` is None (1: validation)
     dl:DataLoader=None, # Held-out data to pick it on
 ) -> HedgeFit:
-    ("Pick the least `climb` threshold whose predictions on held-out data are right `target_accuracy` of the time; "
-     "`predict` and `get_preds(with_decoded=True)` hedge with it from then on")
+    ("Pick the least `climb` threshold whose predictions on held-out data are right `target_accuracy` of the time, and "
+     "keep it in the loss: `predict` and `get_preds(with_decoded=True)` hedge with it within `learn.hedged()`")
     lf = _hedge_loss(self, '`fit_hedge`')
     _check_target(target_accuracy) # before the predictions, which may take a while
     probs,targ = _held_out(self, lf, ds_idx, dl, '`fit_hedge`')
     hier = loss_hier(lf)
     t = hedge_threshold(probs, targ, hier, target_accuracy)
     right,level,depth = _hedged(probs, targ, hier, t, 'fit_hedge')
-    lf.threshold,lf.decode = t,'hedge'
+    lf.threshold = t # not `decode`: fastai's tools read the decoded predictions as classes of `dls.vocab`
     def _mean(x): return x.double().mean().item() # not float32: 360/400 must not read as below 0.9
     fine_right = _hedged(probs, targ, hier, 0., 'fit_hedge')[0]
     return HedgeFit(t, _mean(right), _mean(level == 0), _mean(depth), _mean(fine_right))
+
+@patch
+@contextmanager
+def hedged(self:Learner,
+    threshold:float=None, # Least probability of a hedged prediction; default: the loss's, which `fit_hedge` picks
+):
+    ("Within it, the loss decodes by hedging at `threshold`: `predict`, `get_preds(with_decoded=True)`, "
+     "`get_level_preds` and the metrics that follow the loss's decode; as before after it")
+    lf = _hedge_loss(self, '`hedged`')
+    t = ifnone(threshold, lf.threshold)
+    if t is None:
+        raise ValueError("`learn.hedged()` needs a threshold: call `learn.fit_hedge()` first to pick one on the "
+                         "validation set, or give one, e.g. `learn.hedged(0.8)`.")
+    check_probability(t)
+    old = lf.decode,lf.threshold
+    lf.decode,lf.threshold = 'hedge',t
+    try: yield self
+    finally: lf.decode,lf.threshold = old
 
 # %% ../nbs/21_hedge.ipynb #8a63f062
 def risk_coverage(

@@ -12,6 +12,7 @@ from fastai.basics import *
 from fastai.interpret import ClassificationInterpretation
 from .hierarchy import *
 from .core import *
+from .decode import *
 import matplotlib.ticker, textwrap
 
 # %% ../nbs/41_interpret.ipynb #81606859
@@ -46,7 +47,7 @@ class HierarchicalInterpretation(ClassificationInterpretation):
             raise ValueError("Some decoded predictions are groups, not fine classes (node indices >= "
                              f"{len(self.hier)}): the loss decodes with 'hedge'. `HierarchicalInterpretation` compares "
                              "fine classes: set `learn.loss_func.decode = 'argmax'` (or 'crm') first.")
-        self.fine_vocab,self._level = self.vocab,0
+        self.fine_vocab,self._level,self.decode = self.vocab,0,loss_decode(learn.loss_func)[0]
 
     @classmethod
     def from_learner(cls,
@@ -62,10 +63,12 @@ class HierarchicalInterpretation(ClassificationInterpretation):
         return cls(learn, dl, losses, act, hier, (probs, targs, decoded))
 
     def at_level(self, level) -> tuple:
-        "Predicted and actual class indices at `level`"
+        ("Predicted and actual class indices at `level`: the groups of the decoded class, as `LevelAccuracy` and "
+         "`get_level_preds` read them; with the loss's `decode='marginal'`, each level's own most likely group")
         i = self.hier.level(level)
         if i == 0: return self.decoded, self.targs
-        pred = self.hier.coarsen(self.probs.float().log(), i).argmax(-1)
+        pred = (self.hier.coarsen(self.probs.float().log(), i).argmax(-1) if self.decode == 'marginal'
+                else self.hier.to_level(self.decoded, i))
         return pred, self.hier.to_level(self.targs, i)
 
     def accuracy_per_level(self) -> dict:

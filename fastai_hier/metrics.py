@@ -13,6 +13,7 @@ __all__ = ['flat_top_k_accuracy', 'spread_to_fine', 'class_level_accuracy', 'lev
 from fastai.basics import *
 from .hierarchy import *
 from .core import *
+from .decode import *
 
 # %% ../nbs/20_metrics.ipynb #5fab569c
 def flat_top_k_accuracy(inp, targ, k=5, axis=-1):
@@ -38,7 +39,7 @@ def spread_to_fine(x:Tensor, hier:Hierarchy, level:str|int, axis:int=-1) -> Tens
 
 # %% ../nbs/20_metrics.ipynb #f92b30f4
 def _level_counts(inp, targ, hier, level, axis=-1):
-    "Float sums of the right predictions at `level` and of the items whose target defines it"
+    "Float sums of the right predictions at `level` (each level's own argmax) and of the items whose target defines it"
     level,(inp,targ) = hier.level(level),flatten_preds(inp, targ, axis)
     fine,node_level = check_node_targets(targ, hier, 'LevelAccuracy')
     # the most probable group has a probability of at least 1/(its level's groups): plain sums of the softmax find it,
@@ -48,6 +49,19 @@ def _level_counts(inp, targ, hier, level, axis=-1):
     pred = p.argmax(-1)
     defined = node_level <= level
     return ((pred == hier.to_level(fine, level)) & defined).float().sum(),defined.float().sum()
+
+def _learner_probs(learn, axis):
+    "`pred_probs` of the learner: its loss's activation; a plain softmax for a stand-in without a loss (tests)"
+    return pred_probs(learn, axis) if hasattr(learn, 'loss_func') else F.softmax(learn.pred.float(), dim=axis)
+
+def _decoded(learn, hier, decode, axis, name) -> tuple:
+    ("Flat fine probabilities and targets of the batch, and `level_decode`'s groups `(n, n_levels)` by `decode` "
+     "(None: the learner's)")
+    dec,threshold = loss_decode(getattr(learn, 'loss_func', None))
+    probs,targ = flatten_preds(_learner_probs(learn, axis), *learn.yb, axis=axis)
+    check_width(probs, hier, name)
+    dec = ifnone(decode, dec)
+    return probs,targ,level_decode(probs, hier, dec, threshold)[0],dec
 
 def class_level_accuracy(
     pred:Tensor, # Predicted fine class indices, e.g. `crm_decode`'s
@@ -62,32 +76,45 @@ def class_level_accuracy(
     return (hier.to_level(pred, i) == hier.to_level(fine, i))[defined].float().mean()
 
 def level_accuracy(inp, targ, hier, level, axis=-1):
-    ("Accuracy after mapping predictions (by summed probabilities) and targets to `level` of `hier`, over the items "
-     "whose target defines `level` (NaN if none does); predictions may be over the fine classes or those of any level "
-     "up to `level`")
+    ("Accuracy after mapping predictions (by summed probabilities: each level's own argmax, the 'marginal' reading) "
+     "and targets to `level` of `hier`, over the items whose target defines `level` (NaN if none does); predictions "
+     "may be over the fine classes or those of any level up to `level`")
     right,n = _level_counts(inp, targ, hier, level, axis)
     return right/n
 
 # %% ../nbs/20_metrics.ipynb #dbe881b3
 class LevelAccuracy(Metric):
-    "Accuracy at `level` of `hier` over the items whose target defines it; the column is named after the level"
+    ("Accuracy at `level` of `hier` of the learner's decode (or `decode`), over the items whose target defines it; the "
+     "column is named after the level, and after `decode` where given")
+    decode = 'marginal' # what a metric exported before `decode` existed reads: each level's own argmax
     def __init__(self,
         hier:Hierarchy, # Classes and their groups
         level:str|int, # The level, by name or index; `level` keeps its index
         axis:int=-1, # Class axis
+        # How to decode the predictions: None, as the learner's loss does (`predict`, `get_level_preds`); 'argmax',
+        # 'greedy', 'marginal', 'crm', or 'hedge' at the loss's threshold (a hedge short of `level` counts as wrong)
+        decode:str=None,
     ):
         self.hier,self.level,self.axis = hier,hier.level(level),axis
-        self.level_name = hier.names[self.level]
+        self.level_name,self.decode = hier.names[self.level],(None if decode is None else check_decode(decode))
     def reset(self): self.total,self.count = 0.,0.
     def accumulate(self, learn):
         # sums, not batch means: batches weigh by their items that define the level;
         # distributed training averages both sums across processes
-        right,n = _level_counts(learn.pred, *learn.yb, self.hier, self.level, self.axis)
+        if learn.pred.shape[self.axis] != len(self.hier):
+            # predictions over a coarser level (`CoarseToFine`'s first phase): each level's own argmax
+            right,n = _level_counts(learn.pred, *learn.yb, self.hier, self.level, self.axis)
+        else:
+            _,targ,groups,_ = _decoded(learn, self.hier, self.decode, self.axis, 'LevelAccuracy')
+            fine,node_level = (o.to(groups.device) for o in check_node_targets(targ, self.hier, 'LevelAccuracy'))
+            defined = node_level <= self.level
+            right = ((groups[:,self.level] == self.hier.to_level(fine, self.level)) & defined).float().sum()
+            n = defined.float().sum()
         self.total,self.count = self.total+learn.to_detach(right),self.count+learn.to_detach(n)
     @property
     def value(self): return self.total/self.count if self.count else None
     @property
-    def name(self): return f'{self.level_name}_accuracy'
+    def name(self): return f'{self.level_name}_accuracy' + (f'_{self.decode}' if self.decode else '')
 
 # %% ../nbs/20_metrics.ipynb #70ac6cb0
 def defined_levels(level:Tensor, hier:Hierarchy) -> Tensor:

@@ -44,8 +44,8 @@ def test_fit_hedge(hedged):
     learn,fit,target = hedged
     assert fit.accuracy >= target and 0 <= fit.coverage <= 1 and 1 <= fit.mean_depth <= 2, fit
     lf = learn.loss_func
-    assert (lf.decode, lf.threshold) == ('hedge', fit.threshold)
-    probs,targ,nodes = learn.get_preds(with_decoded=True)
+    assert (lf.decode, lf.threshold) == ('argmax', fit.threshold)   # the threshold is kept, the decode not changed
+    with learn.hedged(): probs,targ,nodes = learn.get_preds(with_decoded=True)
     assert isinstance(nodes, TensorNode)
     level,group = climb(probs, lf.func.hier, fit.threshold)
     assert torch.equal(nodes, lf.func.hier.node_index(level, group))
@@ -57,21 +57,23 @@ def test_predict_names_the_node(hedged):
      "index out of `dls.vocab`")
     learn,fit,_ = hedged
     hier,vocab = learn.loss_func.func.hier,learn.dls.vocab
-    _,_,nodes = learn.get_preds(with_decoded=True)
-    for i in range(len(learn.dls.valid_ds)):
-        name,node,_ = learn.predict(learn.dls.valid_ds.items[i])
-        assert node == nodes[i]
-        assert name == (vocab[node] if node < len(vocab) else ['cat', 'dog'][node - len(vocab)]), (i, name, node)
+    with learn.hedged():
+        _,_,nodes = learn.get_preds(with_decoded=True)
+        for i in range(len(learn.dls.valid_ds)):
+            name,node,_ = learn.predict(learn.dls.valid_ds.items[i])
+            assert node == nodes[i]
+            assert name == (vocab[node] if node < len(vocab) else ['cat', 'dog'][node - len(vocab)]), (i, name, node)
     # at threshold 1 it says only species
-    learn.loss_func.threshold = 1.
-    try: assert learn.predict(learn.dls.valid_ds.items[0])[0] in ('cat', 'dog')
-    finally: learn.loss_func.threshold = fit.threshold
+    with learn.hedged(1.): assert learn.predict(learn.dls.valid_ds.items[0])[0] in ('cat', 'dog')
+    assert (learn.loss_func.decode, learn.loss_func.threshold) == ('argmax', fit.threshold)
 
 def test_export_load_learner_fresh_process(hedged, tmp_path):
     learn,fit,_ = hedged
-    learn.export(tmp_path/'export.pkl')
     img = learn.dls.valid_ds.items[0]
-    name,node,_ = learn.predict(img)
+    # a model that should hedge once deployed: exported with its loss decoding by hedging
+    with learn.hedged():
+        learn.export(tmp_path/'export.pkl')
+        name,node,_ = learn.predict(img)
     # a fresh interpreter that never imports fastai_hier itself: unpickling the loss must bring the
     # threshold and the decoding
     code = textwrap.dedent(f"""
