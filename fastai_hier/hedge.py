@@ -105,7 +105,8 @@ def hedge_threshold(
     return (t if t > lo else hi).item()
 
 # %% ../nbs/21_hedge.ipynb #332b58c4
-HedgeFit = namedtuple('HedgeFit', 'threshold accuracy coverage mean_depth fine_accuracy')
+# its module is the package's, not the notebook's `__main__`: `show_doc` names it `fastai_hier.hedge.HedgeFit`
+HedgeFit = namedtuple('HedgeFit', 'threshold accuracy coverage mean_depth fine_accuracy', module='fastai_hier.hedge')
 HedgeFit.__doc__ = ("What `fit_hedge` found: the threshold, and at it the hedged accuracy, the coverage (share of fine "
                     "predictions) and the mean depth; the accuracy of the fine predictions")
 

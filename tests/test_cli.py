@@ -183,3 +183,42 @@ def test_fashion_mnist_not_installed(tmp_path):
     from fastai_hier.data.fashion_mnist import fashion_mnist_root
     with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'):
         fashion_mnist_root(tmp_path/'none', tmp_path/'dest')
+
+@pytest.fixture
+def flat_data(folder_data, tmp_path):
+    "The same four breeds' images in one folder, `images/`, and a CSV of each image's file, breed and species"
+    root = tmp_path/'flat'
+    (root/'images').mkdir(parents=True)
+    rows = []
+    for f in sorted(folder_data[0].glob('*/*.jpg')):
+        (root/'images'/f.name).symlink_to(f.resolve())
+        b = f.parent.name
+        rows.append(dict(file=f'images/{f.name}', breed=b, species=pet_species(b)))
+    csv = tmp_path/'labels.csv'
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return root, csv
+
+def test_flat_folder_with_labels_csv(flat_data, tmp_path):
+    "A flat folder of images, with a CSV of each image's file, class and group as --hierarchy"
+    root, csv = flat_data
+    main(['train', '--data', str(root), '--hierarchy', str(csv), '--size', '32', '--bs', '8', '--no-pretrained',
+          '--no-aug', '--epochs', '1', '--freeze-epochs', '0', '--out', str(tmp_path/'out')])
+    df = pd.read_csv(tmp_path/'out'/'train.csv')
+    assert 'breed_accuracy' in df.columns and 'species_accuracy' in df.columns and len(df) == 1
+
+def test_flat_folder_mistakes(flat_data, folder_data, tmp_path, capsys):
+    "A flat folder with a CSV of classes, an image given two species, a file that is not there: one line each"
+    root, csv = flat_data
+    argv = ['train', '--data', str(root), '--size', '32']
+    code, err = _exit_code(argv + ['--hierarchy', str(folder_data[1])], capsys)
+    assert code == 2 and "in folder(s) ['images'], none of them a class of" in err and 'file,breed,species' in err, err
+    df = pd.read_csv(csv)
+    df.loc[3, 'species'] = 'cat' if df.species[3] == 'dog' else 'dog'
+    df.to_csv(tmp_path/'bad.csv', index=False)
+    code, err = _exit_code(argv + ['--hierarchy', str(tmp_path/'bad.csv')], capsys)
+    assert code == 2 and f"{df.breed[3]!r} has two parents in column 'species'" in err and '(row 3)' in err, err
+    df = pd.read_csv(csv)
+    df.loc[0, 'file'] = 'images/nowhere.jpg'
+    df.to_csv(tmp_path/'missing.csv', index=False)
+    code, err = _exit_code(argv + ['--hierarchy', str(tmp_path/'missing.csv')], capsys)
+    assert code == 2 and 'images/nowhere.jpg' in err, err

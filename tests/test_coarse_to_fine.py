@@ -330,3 +330,41 @@ def test_partial_labels():
     _,_,fine,family,order = values[-1]
     # measured 0.75, 0.81, 0.97 (0.80, 0.83, 0.98 fully labelled); chance 0.1
     assert fine > 0.6 and family > 0.7 and order > 0.9, values[-1]
+
+def test_training_goes_on_after_the_span(tmp_path):
+    ("After `fine_tune` the three schedules are done: `fit` and `fit_one_cycle` train the fine head at temperature 1 "
+     "with the last level weights, also after `save`/`load`, `export`/`load_learner`, `lr_find` and `to_fp16`")
+    from fastai_hier.callback.temperature import TemperatureSchedule
+    from fastai_hier.callback.level_schedule import LevelWeightSchedule
+    class Seen(Callback):
+        "The head's width, the loss's temperature and fine weight at each training batch"
+        order = 100
+        def __init__(self): self.rows = []
+        def after_loss(self):
+            if self.training:
+                lf = self.learn.loss_func
+                self.rows.append((self.learn.pred.shape[-1], lf.temperature, lf.level_weights['species']))
+    cbs = [CoarseToFine(ZOO, coarse_epochs=1), TemperatureSchedule(4.),
+           LevelWeightSchedule({0: {'order': 1.}, 1: {'species': 0.8, 'order': 0.2}})]
+    learn = zoo_learner(cbs=cbs, loss_func=HierarchicalLoss(ZOO, level_weights={'species': 1.}), path=tmp_path)
+    learn.fine_tune(1, 1e-2, freeze_epochs=1, cbs=(s := Seen()))
+    assert [w for w,_,_ in s.rows] == [2]*10 + [10]*10 and s.rows[0][1:] == (4., 0.) and s.rows[-1][1:] == (1., 0.8)
+    def trains_on(learn, fit):
+        fit(learn, s := Seen())
+        rows = s.rows
+        assert len(rows) == 10 and set(rows) == {(10, 1., 0.8)}, set(rows)
+        assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
+    trains_on(learn, lambda l,cb: l.fit(1, 1e-2, cbs=cb))
+    trains_on(learn, lambda l,cb: l.fit_one_cycle(1, 1e-2, cbs=cb))
+    head = output_linear(learn.model)[1]
+    assert math.isfinite(learn.lr_find(num_it=10, show_plot=False).valley) and output_linear(learn.model)[1] is head
+    loss = learn.validate()[0]
+    learn.save('trained'); learn.fit(1, 1e-2); learn.load('trained')
+    _close(learn.validate()[0], loss, eps=1e-6)
+    trains_on(learn, lambda l,cb: l.fit(1, 1e-2, cbs=cb))
+    learn.export('trained.pkl')
+    loaded = load_learner(tmp_path/'trained.pkl')
+    loaded.dls = learn.dls   # an exported learner keeps no data: give it the data to train on
+    trains_on(loaded, lambda l,cb: l.fit_one_cycle(1, 1e-2, cbs=cb))
+    trains_on(loaded, lambda l,cb: l.fine_tune(0, 1e-2, freeze_epochs=1, cbs=cb))
+    trains_on(loaded.to_fp16(), lambda l,cb: l.fit(1, 1e-2, cbs=cb))

@@ -233,3 +233,12 @@ def test_distributed_metrics(tmp_path):
 if __name__ == '__main__':
     torch.set_num_threads(1)
     _synthetic(sys.argv[1])
+
+def test_show_doc_names_hedgefit_by_its_module():
+    "The docs run the notebook as `__main__`: `fit_hedge`'s return type still reads `fastai_hier.hedge.HedgeFit` there"
+    nb = json.loads((HERE.parent/'nbs'/'21_hedge.ipynb').read_text())
+    src = next(''.join(c['source']) for c in nb['cells'] if "HedgeFit = namedtuple(" in ''.join(c['source']))
+    ns = {'__name__': '__main__'}
+    exec('from collections import namedtuple\n' + src.split('HedgeFit.__doc__')[0].replace('#| export', ''), ns)
+    assert ns['HedgeFit'].__module__ == 'fastai_hier.hedge'
+    assert '__main__.HedgeFit' not in json.dumps(nb)

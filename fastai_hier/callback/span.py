@@ -48,6 +48,7 @@ class SpanCallback(Callback):
     ("Base of the schedule callbacks: the training position in a span of consecutive fits, and the loss attributes "
      "they set")
     order,run_valid = 65,False # after `ParamScheduler` (60): `after_fit` adds to the hyper-parameters it recorded
+    span_ended = False # a class default: learners exported before it existed load with their schedule running
     def __init__(self,
         # Epochs of a hand-written sequence of fits that one schedule spans; default: each fit on its own, and the two
         # fits of `fine_tune` together
@@ -77,18 +78,20 @@ class SpanCallback(Callback):
         if self.epoch == 0 or not self.in_fit: self._start_fit()
 
     def _start_fit(self):
-        published = getattr(self.learn, 'fit_span', None) # `fine_tune`'s fits, placed in its span
-        if self.total_epochs is None and published is not None: self.span_start,self.span_epochs = published
+        if self.span_ended: self.span_start = self.span_epochs # the schedule is done: train on with its final values
         else:
-            total = self.total_epochs or self.n_epoch
-            goes_on = self.total_epochs and self.span_done is not None and self.span_done < total
-            self.span_start,self.span_epochs = (self.span_done if goes_on else 0),total
-        if self.span_start == 0: self.history = []
-        if self.span_start + self.n_epoch > self.span_epochs:
-            raise ValueError(f"This fit of {self.n_epoch} epochs would take the schedule of {type(self).__name__} to "
-                             f"epoch {self.span_start+self.n_epoch} of `total_epochs={self.total_epochs}`: give "
-                             "`total_epochs` the epochs of all the fits it spans, or leave it out to schedule each "
-                             "fit on its own.")
+            published = getattr(self.learn, 'fit_span', None) # `fine_tune`'s fits, placed in its span
+            if self.total_epochs is None and published is not None: self.span_start,self.span_epochs = published
+            else:
+                total = self.total_epochs or self.n_epoch
+                goes_on = self.total_epochs and self.span_done is not None and self.span_done < total
+                self.span_start,self.span_epochs = (self.span_done if goes_on else 0),total
+            if self.span_start == 0: self.history = []
+            if self.span_start + self.n_epoch > self.span_epochs:
+                raise ValueError(f"This fit of {self.n_epoch} epochs would take the schedule of {type(self).__name__} "
+                                 f"to epoch {self.span_start+self.n_epoch} of `total_epochs={self.total_epochs}`: give "
+                                 "`total_epochs` the epochs of all the fits it spans, or leave it out to schedule each "
+                                 "fit on its own.")
         self.span_done,self.fit_start,self.in_fit,self.epochs_trained = None,len(self.history),True,0
 
     def set_loss_attr(self, lf, name:str, value):
@@ -112,6 +115,7 @@ class SpanCallback(Callback):
         self.restore_loss()
         if not (self.in_fit and self.epochs_trained == self.n_epoch): return # not the end of a fit that trained
         self.span_done,self.in_fit = self.span_start + self.n_epoch,False
+        self.span_ended = self.span_done >= self.span_epochs
         self._record()
 
     def _record(self):

@@ -39,10 +39,11 @@ def _parser():
            "test set) (default: %(default)s)")
     a('--train-pct', type=float, default=100, help='train on this percentage of the training images, stratified, '
                                                    'chosen by the seed (default: %(default)s)')
-    a('--data', type=Path, help='folder of images (PETS-named, or class folders with --hierarchy); default: PETS via '
-                                'untar_data')
+    a('--data', type=Path, help='folder of images (PETS-named; with --hierarchy, class folders or a flat folder); '
+                                'default: PETS via untar_data')
     a('--hierarchy', type=Path, help='CSV with one column per level, finest first, one row per class of the --data '
-                                     'folder')
+                                     'folder; for a flat folder, one row per image, the image files first '
+                                     '(file,breed,species)')
     a('--labels', type=Path, help='CSV of image files (relative to --data) and their labels, each a fine class or a '
                                   'group of --hierarchy (partial labels; needs --loss hier)')
     a('--per-breed', type=int, help='PETS: use this many images of each breed')

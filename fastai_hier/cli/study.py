@@ -29,13 +29,19 @@ def _pets_items(path, per_breed):
                                 "class.") from None
     return files, [re.match(PETS_PAT, f.name)[1] for f in files]
 
-def _csv_items(path, csv):
-    "The images and labels of a CSV of file names (relative to `path`) and labels, each a fine class or a group"
-    df = pd.read_csv(csv, sep=None, engine='python') # any separator
-    if df.shape[1] != 2:
-        raise ValueError(f"The labels CSV {csv} has {df.shape[1]} column(s) {list(df.columns)}: give two, the image "
-                         "files (relative to --data) and their labels.")
-    files = L(path/str(f) for f in df.iloc[:,0])
+def _read_csv(f) -> pd.DataFrame:
+    "A CSV with any separator, its cells as text: class names, as folder names are"
+    return pd.read_csv(f, sep=None, engine='python', dtype=str)
+
+def _names_files(df, path) -> bool:
+    "Whether the first column of `df` holds image files (relative to `path`) rather than classes"
+    col = df.iloc[:,0].dropna()
+    return len(col) > 0 and (col.str.lower().str.endswith(tuple(image_extensions)).all()
+                             or any((path/f).is_file() for f in col[:20]))
+
+def _files(path, csv, names) -> L:
+    "The image files `names` of `csv`, relative to `path`: all there and readable, or an error"
+    files = L(path/str(f) for f in names)
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) of {csv} are not in {path}, e.g. "
@@ -45,7 +51,16 @@ def _csv_items(path, csv):
     if bad:
         raise ValueError(f"{len(bad)} image(s) of {csv} cannot be read, e.g. {', '.join(f.name for f in bad[:3])}: fix "
                          "or remove their rows (a labelled image is never left out silently).")
-    return files, [str(o) for o in df.iloc[:,1]]
+    return files
+
+def _csv_items(path, csv):
+    "The images and labels of a CSV of file names (relative to `path`) and labels, each a fine class or a group"
+    df = _read_csv(csv)
+    if df.shape[1] != 2:
+        raise ValueError(f"The labels CSV {csv} has {df.shape[1]} column(s) {list(df.columns)}: give two, the image "
+                         "files (relative to --data) and their labels. (A CSV of the files, their classes and their "
+                         "groups goes in --hierarchy, without --labels.)")
+    return _files(path, csv, df.iloc[:,0]), [str(o) for o in df.iloc[:,1]]
 
 def _folder_items(path):
     has_split = (path/'train').is_dir() and (path/'valid').is_dir()
@@ -55,7 +70,8 @@ def _folder_items(path):
     files = files.filter(lambda f: f not in bad)
     if not files:
         raise FileNotFoundError(f"No readable images in {path}: --data with --hierarchy takes a folder with one folder "
-                                "of images per class (or train/ and valid/ folders of those).")
+                                "of images per class (or train/ and valid/ folders of those), or a flat folder with "
+                                "the image files in the CSV's first column.")
     valid = [i for i,f in enumerate(files) if f.relative_to(path).parts[0] == 'valid'] if has_split else None
     return files, [f.parent.name for f in files], valid
 
@@ -92,16 +108,26 @@ def load_items(
             if not Path(f).is_file():
                 raise FileNotFoundError(f"{what} CSV {f} does not exist.")
         files, labels = _csv_items(Path(data) if data is not None else pets_path(), labels)
-        hier = Hierarchy.from_df(pd.read_csv(hierarchy, sep=None, engine='python'))
+        hier = Hierarchy.from_df(_read_csv(hierarchy))
         for o in sorted(set(labels)): hier.node_of(o) # a label that is no node of the hierarchy stops here, named
     elif hierarchy is not None:
         if data is None:
             raise ValueError("--hierarchy needs --data: the folder of images whose classes the CSV describes.")
         if not Path(hierarchy).is_file():
             raise FileNotFoundError(f"Hierarchy CSV {hierarchy} does not exist.")
-        files, labels, valid = _folder_items(Path(data))
-        # any separator
-        hier = Hierarchy.from_df(pd.read_csv(hierarchy, sep=None, engine='python'), vocab=sorted(set(labels)))
+        df = _read_csv(hierarchy)
+        if df.shape[1] > 2 and _names_files(df, Path(data)): # a flat folder: a row per image, its class and groups
+            hier = Hierarchy.from_df(df.iloc[:,1:].drop_duplicates()) # names the CSV's rows if a class has two parents
+            files, labels = _files(Path(data), hierarchy, df.iloc[:,0]), list(df.iloc[:,1])
+        else:
+            files, labels, valid = _folder_items(Path(data))
+            folders = sorted(set(labels))
+            if df.shape[1] > 1 and not set(folders) & set(df.values.ravel()): # else `from_df` says what is wrong
+                raise ValueError(f"The images of {data} are in folder(s) {folders[:5]}, none of them a class of "
+                                 f"{hierarchy}: --data with --hierarchy takes one folder of images per class. For a "
+                                 "flat folder, give a CSV of the image files (relative to --data), their classes and "
+                                 "their groups, finest first (`file,breed,species`), as --hierarchy.")
+            hier = Hierarchy.from_df(df, vocab=folders)
     else:
         files, labels = _pets_items(Path(data) if data is not None else pets_path(), per_breed)
         hier = pets_hierarchy(sorted(set(labels)))

@@ -60,6 +60,9 @@ def fashion_mnist(root:Path=None) -> tuple:
 class _Labelled(torch.utils.data.TensorDataset):
     "Image and class-index tensors, with the class names as `vocab` (what `dls.vocab` and `dls.c` read)"
     def __init__(self, x, y, vocab): super().__init__(x, y); self.vocab,self.c = vocab,len(vocab)
+    def new_empty(self):
+        "No images, the same vocab: what `learn.export` keeps of the data"
+        return type(self)(self.tensors[0][:0], self.tensors[1][:0], self.vocab)
 
 def tensor_dls(
     images:Tensor, # Grey images, (N, H, W), uint8

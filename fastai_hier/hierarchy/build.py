@@ -36,8 +36,14 @@ def from_func(cls:Hierarchy,
     "A `Hierarchy` over `vocab` from a function giving each class's parent (or ancestors)"
     parents = {}
     for v in vocab:
-        anc = func(v)
-        _add_chain(parents, [v, *(anc if isinstance(anc, (list,tuple)) else [anc])])
+        try: anc = func(v)
+        except Exception as e:
+            raise ValueError(f"`func` raised {type(e).__name__}: {e} for the class {v!r}: make it give the parent "
+                             f"of every class of `vocab`, or leave {v!r} out of `vocab`.") from e
+        anc = list(anc) if isinstance(anc, (list,tuple)) else [anc]
+        if all(map(_is_missing, anc)):
+            raise ValueError(f"`func` gave no parent for the class {v!r} ({anc}): every class of `vocab` needs one.")
+        _add_chain(parents, [v, *anc])
     return cls(parents, vocab, names)
 
 # %% ../../nbs/01_build.ipynb #79fe7dba
@@ -52,10 +58,79 @@ def from_parents(cls:Hierarchy,
     for c,p in (parents.items() if isinstance(parents, dict) else parents): _add_chain(res, [c, p])
     return cls(res, vocab, names)
 
+# %% ../../nbs/01_build.ipynb #5b1c7e2a
+def _rows(idx) -> str:
+    "Row labels of a DataFrame (its index), for a message"
+    idx = list(idx)
+    return ('row ' if len(idx) == 1 else 'rows ') + ', '.join(map(str, idx[:5])) + (', ...' if len(idx) > 5 else '')
+
+def _check_columns(df):
+    "Refuse a table whose columns are not the levels, finest first, each cell a class: the cause, and the fix"
+    cols = list(df.columns)
+    unnamed = [c for c in cols if re.fullmatch(r'Unnamed: \d+', str(c))]
+    if unnamed:
+        raise ValueError(f"Column {unnamed[0]!r} has no name: the index, saved with the CSV by `df.to_csv(f)`? Read "
+                         "it with `pd.read_csv(f, index_col=0)` (or save with `index=False`); if it is another column, "
+                         f"leave it out: `Hierarchy.from_df(df[{[c for c in cols if c not in unnamed]}])`.")
+    for c,what in ((cols[0], 'the fine class'), (cols[-1], 'the coarsest group')):
+        rows = df.index[df[c].map(_is_missing)]
+        if len(rows):
+            raise ValueError(f"Column {c!r}, {what} of each row, is empty at {_rows(rows)}: fill it in, or drop the "
+                             f"rows (`df.dropna(subset=[{c!r}])`). Only the columns in between may be empty (a class "
+                             "with no group at that level).")
+    seen,warned = {},set() # stripped, case-folded name -> (name, column, row); pairs warned of
+    for c in cols:
+        for r,v in df[c].items():
+            if not isinstance(v, str): continue
+            k = v.strip().casefold()
+            w,c0,r0 = seen.setdefault(k, (v, c, r))
+            if w == v: continue
+            msg = (f"{w!r} (column {c0!r}, row {r0}) and {v!r} (column {c!r}, row {r}) differ only in "
+                   f"{'case' if w.strip() == w and v.strip() == v else 'the spaces around them'}: they would be two "
+                   "classes.")
+            if w.strip() != w or v.strip() != v:
+                raise ValueError(f"{msg} Strip the spaces: "
+                                 "`df = df.map(lambda v: v.strip() if isinstance(v, str) else v)`.")
+            if (w,v) not in warned: warn(f"{msg} If they are one, spell them alike."); warned.add((w,v))
+    where = {} # name -> its column
+    for c in cols:
+        for r,v in df[c].items():
+            if _is_missing(v) or where.setdefault(v, c) == c: continue
+            num = ('' if isinstance(v, str) else
+                   f" (numbers: prefix them, e.g. `df[{c!r}] = '{c} ' + df[{c!r}].astype(str)`)")
+            raise ValueError(f"{v!r} is in column {where[v]!r} and in column {c!r} (row {r}): a name is one class, at "
+                             f"one level. Give the classes of different levels different names{num}; for a class "
+                             "with no group at a level, leave that cell empty.")
+
+def _parents_of_rows(df) -> dict:
+    "Child -> parent from the rows of `df`, refusing a class given two parents, with the rows and columns that do"
+    cols,parents,origin = list(df.columns),{},{}
+    for r,row in zip(df.index, df.itertuples(index=False)):
+        chain = [(c,v) for c,v in zip(cols, row) if not _is_missing(v)]
+        for (cc,child),(pc,p) in zip(chain, chain[1:]):
+            if parents.setdefault(child, p) == p:
+                origin.setdefault(child, (r, pc))
+                continue
+            r0,pc0 = origin[child]
+            in_col = f" in column {pc!r}" if pc == pc0 else ''
+            def at(r, c): return f"row {r}" + ('' if pc == pc0 else f", column {c!r}")
+            msg = (f"{child!r} has two parents{in_col}: {parents[child]!r} ({at(r0, pc0)}) and {p!r} ({at(r, pc)}); in "
+                   "a hierarchy each class has one parent.")
+            n = df.nunique()
+            if (n > n[cols[0]]).any(): # a class has at least as many fine classes below it as its groups
+                order = sorted(cols, key=lambda c: -n[c]) # stable: columns with as many classes keep their order
+                raise ValueError(f"{msg} The columns go finest first, but the first, {cols[0]!r}, has {n[cols[0]]} "
+                                 f"distinct values and {n.idxmax()!r} {n.max()}: reversed? Order them finest first: "
+                                 f"`Hierarchy.from_df(df[{order}])`.")
+            raise ValueError(f"{msg} If {pc!r} is not a level, give `from_df` only the level columns, finest first: "
+                             f"`Hierarchy.from_df(df[{[c for c in cols if c != pc]}])`; otherwise correct the rows.")
+    return parents
+
 # %% ../../nbs/01_build.ipynb #d1f0741b
 @patch(cls_method=True)
 def from_df(cls:Hierarchy,
-    df:pd.DataFrame, # One row per fine class, one column per level, finest first; empty cells for ragged paths
+    # One row per fine class, one column per level, finest first; empty cells in the middle columns for ragged paths
+    df:pd.DataFrame,
     vocab:list=None, # Fine classes in the model's output order; default: the leaves in `CategoryMap` order (sorted)
     names:list=None, # Level names; default: the column names
 ):
@@ -64,17 +139,13 @@ def from_df(cls:Hierarchy,
         raise ValueError(f"The table has {df.shape[1]} column {list(df.columns)}: a hierarchy needs one column per "
                          "level, finest first. A CSV separated by ';' or tabs? Read it with `pd.read_csv(f, sep=None, "
                          "engine='python')`.")
-    try:
-        parents = {}
-        for row in df.itertuples(index=False): _add_chain(parents, list(row))
-        return cls(parents, vocab, list(df.columns) if names is None else names)
-    except ValueError as e:
-        n0,n1 = df.iloc[:,0].nunique(),df.iloc[:,-1].nunique()
-        if n0 < n1:
-            raise ValueError(f"{e} The columns go finest first, but the first, {df.columns[0]!r}, has {n0} distinct "
-                             f"values and the last, {df.columns[-1]!r}, {n1}: reversed? "
-                             "Use `df[df.columns[::-1]]`.") from None
-        raise
+    cols = list(df.columns)
+    if names is not None and list(names) != cols and sorted(map(str, names)) == sorted(map(str, cols)):
+        raise ValueError(f"`names` {list(names)} are the columns {cols} in another order: the columns are the levels, "
+                         "finest first, and `names` only renames them, so a level would take another's name. Leave "
+                         "`names` out (the levels take the columns' names), or order the columns finest first.")
+    _check_columns(df)
+    return cls(_parents_of_rows(df), vocab, cols if names is None else names)
 
 # %% ../../nbs/01_build.ipynb #ab595939
 def _walk(tree, parent, parents):
