@@ -31,18 +31,17 @@ from .tabular import *
 from .data.pets import *
 from .data.backbone import *
 from .data.fashion_mnist import *
+from .data.tiny_imagenet import *
 from fastai_hier import (
-    calibration, check, core, decode, hedge, hierarchy, interpret, levels, losses, metrics, partial, tabular,
+    calibration, check, core, decode, hedge, hierarchy, interpret, lca, levels, losses, metrics, partial, tabular,
     tree_plot)
 from .callback import span, temperature, coarse_to_fine, level_schedule, loss_check, feature_cache
-from .data import pets, backbone, fashion_mnist
+from .data import pets, backbone, fashion_mnist, tiny_imagenet
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
-__all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, levels, span, temperature,
+__all__ = [n for m in (hierarchy, core, decode, lca, losses, metrics, hedge, calibration, levels, span, temperature,
                        coarse_to_fine, level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial,
-                       tabular, pets, backbone, fashion_mnist)
+                       tabular, pets, backbone, fashion_mnist, tiny_imagenet)
            for n in m.__all__]
-from . import lca
-__all__ += lca.__all__
 
 def __getattr__(name): # a renamed name still imports, with a warning that names the new one
     from fastai_hier.renames import old_name
