@@ -131,8 +131,15 @@ html_theme = 'furo'
 html_copy_source = False
 html_show_sourcelink = False
 mathjax_path = 'mathjax/tex-chtml.js'   # relative to _static/: vendored from npm's `mathjax`, no CDN
+html_static_path = ['_static']
+html_css_files = ['site.css']
 suppress_warnings = ['myst.header', 'mystnb.unknown_mime_type']
 exclude_patterns = ['_doctrees', '_html', 'jupyter_execute', '.jupyter_cache']
+'''
+
+CSS = '''/* written by scripts/build_docs.py: the result tables are wide, so the page is too, and their text smaller */
+@media (min-width: 90em) { .content { width: 56em; } }
+article table.docutils { font-size: 0.8em; }
 '''
 
 def build(force:bool=False) -> Path:
@@ -151,6 +158,8 @@ def build(force:bool=False) -> Path:
             (SRC/f'{page_name(p)}.ipynb').write_text(json.dumps(nb, indent=1, ensure_ascii=False))
         else: (SRC/f'{page_name(p)}.md').write_text(convert_md(p))
     (SRC/'conf.py').write_text(CONF.format(name=PROJECT['name'].replace('-', '_')))
+    (SRC/'_static').mkdir()
+    (SRC/'_static'/'site.css').write_text(CSS)
     # into _docsrc/ first: MyST-NB writes its `jupyter_execute/` beside the output folder
     subprocess.run([sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', '2', '-d', str(SRC/'_doctrees'),
                     str(SRC), str(SRC/'_html')], check=True)
