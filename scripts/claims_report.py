@@ -1,10 +1,12 @@
-"""The Claims table of the README and the learning-curve plots, from the claims study's CSVs in `results/claims/`.
+"""The Claims table of the common-advice page (`nbs/83_advice_study.md`) and the learning-curve plots, from the claims
+study's CSVs in `results/claims/`.
 
     python scripts/claims_report.py
 
 Reads each dataset's `sweep.csv` (final metrics) and `curves.csv` (every epoch), the transfer probe's `sweep.csv`
 (`scripts/transfer_study.py`) and `cache_timing.csv`; writes
-`results/claims/claims.md` (which the README includes), `details.md` (every configuration) and `curves_*.png`.
+`results/claims/claims.md` (which `nbs/83_advice_study.md` includes), `details.md` (every configuration) and
+`curves_*.png`.
 Every number comes from those CSVs, through the package's `paired_differences` and `reach_runs`.
 """
 import json

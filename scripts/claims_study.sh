@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The claims study of the README ("Claims"): studies/claims.json (cross-entropy, coarse-first, temperature starts,
+# The claims study (nbs/83_advice_study.md): studies/claims.json (cross-entropy, coarse-first, temperature starts,
 # both, and HierarchicalLoss's breed weight) on the PETS sample and on Fashion-MNIST 1% and 10%, each epoch's
 # validation in curves.csv, then the Claims table (results/claims/claims.md) and the curve plots. Fashion-MNIST also
 # runs studies/claims_groups.json into the same folders: coarse-first at its middle level (6 groups), which PETS lacks;

@@ -1,5 +1,5 @@
 """The Fashion-MNIST study across its regimes, from the committed results: `results/fashion_mnist/report.md`, which the
-README includes.
+Fashion-MNIST page (`nbs/80_fashion_mnist_study.md`) includes.
 
     python scripts/fashion_mnist_report.py
 

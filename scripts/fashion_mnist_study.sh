@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Fashion-MNIST study of the README: every method of studies/fashion_mnist.json against cross-entropy, 5 seeds, evaluated on the
+# The Fashion-MNIST study of nbs/80_fashion_mnist_study.md: every method of studies/fashion_mnist.json against cross-entropy, 5 seeds, evaluated on the
 # official test set, in three regimes of training data. Needs `apt-get install -y dataset-fashion-mnist`. About an hour on 2 CPU cores;
 # each sweep resumes from its CSV if interrupted.
 set -euo pipefail

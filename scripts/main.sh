@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job (README "Quick start"): every method of studies/fashion_mnist.json against cross-entropy on 10% of
+# The main job (README "Development"): every method of studies/fashion_mnist.json against cross-entropy on 10% of
 # Fashion-MNIST's training images, 5 seeds, scored on the official test set. Installs what it needs (scripts/setup.sh),
 # trains every run into a new folder under runs/ (ignored by git), and says where it wrote and how long it took.
 #   scripts/main.sh            # a new folder runs/fashion_mnist-pct10-<date>-<time>

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README "Quick start"; `.ci/run` calls it): installs what it needs (scripts/setup.sh), then
-# the export check, the notebook tests and pytest.
+# The project's test command (README "Development"; `.ci/run` calls it): installs what it needs (scripts/setup.sh), then
+# the export check, the notebook tests, the documentation site's build and pytest (tests/test_site.py opens the site).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -21,4 +21,5 @@ fi
 if [ -d /usr/share/datasets/fashion-mnist ]; then flags="--flags fashion"
 else flags=""; echo "Fashion-MNIST is not installed: its notebook cells and tests are skipped (apt-get install -y dataset-fashion-mnist)." >&2; fi
 nbdev-test --n-workers 2 $flags
+python scripts/build_docs.py
 python -m pytest tests/

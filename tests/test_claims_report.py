@@ -1,4 +1,5 @@
-"The README's Claims section is what the committed CSVs of `results/claims/` give: `scripts/claims_report.py` writes it"
+("The Claims table (`results/claims/claims.md`, which `nbs/83_advice_study.md` includes) is what the committed CSVs of "
+ "`results/claims/` give: `scripts/claims_report.py` writes it")
 import re
 import pandas as pd
 import claims_report as cr # scripts/ is on the path (conftest.py)

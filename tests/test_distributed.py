@@ -26,7 +26,7 @@ def _launch(out:Path, *args, script:Path=HERE/'distributed_worker.py', tries=3):
                PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get('PYTHONPATH')] if p))
     for i in range(tries):
         port = _free_port() # another process may take it before the launcher binds it: then try another
-        # as the README says: `accelerate launch` (on CPUs too, `--multi_gpu` starts the processes)
+        # as nbs/85_distributed.md says: `accelerate launch` (on CPUs too, `--multi_gpu` starts the processes)
         cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                '--num_machines', '1',
                '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_ip', '127.0.0.1',
