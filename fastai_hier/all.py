@@ -36,11 +36,13 @@ from fastai_hier import (
     calibration, check, core, decode, hedge, hierarchy, interpret, lca, levels, losses, metrics, partial, tabular,
     tree_plot)
 from .callback import span, temperature, coarse_to_fine, level_schedule, loss_check, feature_cache
-from .data import pets, backbone, fashion_mnist, tiny_imagenet
+from .data import pets, backbone, tiny_imagenet
+# the module under another name: `fashion_mnist`, the name `import *` gives, is its function
+from .data import fashion_mnist as _fashion_mnist
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
 __all__ = [n for m in (hierarchy, core, decode, lca, losses, metrics, hedge, calibration, levels, span, temperature,
                        coarse_to_fine, level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial,
-                       tabular, pets, backbone, fashion_mnist, tiny_imagenet)
+                       tabular, pets, backbone, _fashion_mnist, tiny_imagenet)
            for n in m.__all__]
 
 def __getattr__(name): # a renamed name still imports, with a warning that names the new one
