@@ -107,7 +107,8 @@ class InferenceTemperature(Callback):
 
 # %% ../nbs/22_calibration.ipynb #c4160aa8
 TemperatureFit = namedtuple('TemperatureFit', 'temperature nll_before nll_after ece_before ece_after accuracy '
-                                              'level_ece_before level_ece_after', defaults=(None, None))
+                                              'level_ece_before level_ece_after', defaults=(None, None),
+                            module='fastai_hier.calibration')
 TemperatureFit.__doc__ = ("What `fit_temperature` found: the temperature, the NLL and the ECE at the former and the "
                           "new one, the accuracy at both; with a hierarchy, the ECE at each level by name")
 

@@ -50,6 +50,10 @@ def output_linear(model:nn.Module) -> tuple:
     ("The name and the module of the output layer of `model`: its last module with parameters, which must be an "
      "`nn.Linear`")
     found = [(n,m) for n,m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
+    if found and found[-1][0] == '':
+        # the layer is swapped inside its parent module: a bare layer has none
+        raise ValueError("`CoarseToFine` swaps the model's output layer inside the model, but the model is itself a "
+                         f"{type(model).__name__}: wrap it, e.g. `nn.Sequential(model)`.")
     if found and isinstance(found[-1][1], nn.Linear): return found[-1]
     what = (f"its last module with parameters is a {type(found[-1][1]).__name__} ('{found[-1][0]}')" if found
             else "it has no parameters")
