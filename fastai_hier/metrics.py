@@ -54,14 +54,32 @@ def _learner_probs(learn, axis):
     "`pred_probs` of the learner: its loss's activation; a plain softmax for a stand-in without a loss (tests)"
     return pred_probs(learn, axis) if hasattr(learn, 'loss_func') else F.softmax(learn.pred.float(), dim=axis)
 
+def _flat_probs(learn, hier, axis, name) -> tuple:
+    "Flat fine probabilities and targets of the batch, and the loss's `(decode, threshold)`"
+    probs,targ = flatten_preds(_learner_probs(learn, axis), *learn.yb, axis=axis)
+    check_width(probs, hier, name)
+    return probs,targ,*loss_decode(getattr(learn, 'loss_func', None))
+
 def _decoded(learn, hier, decode, axis, name) -> tuple:
     ("Flat fine probabilities and targets of the batch, and `level_decode`'s groups `(n, n_levels)` by `decode` "
      "(None: the learner's)")
-    dec,threshold = loss_decode(getattr(learn, 'loss_func', None))
-    probs,targ = flatten_preds(_learner_probs(learn, axis), *learn.yb, axis=axis)
-    check_width(probs, hier, name)
+    probs,targ,dec,threshold = _flat_probs(learn, hier, axis, name)
     dec = ifnone(decode, dec)
     return probs,targ,level_decode(probs, hier, dec, threshold)[0],dec
+
+def _fine_decode(decode:str, name:str) -> str:
+    "`decode` (None: the loss's) for a metric of fine classes, or a clear error for 'hedge', which predicts groups"
+    if decode is None or check_decode(decode) != 'hedge': return decode
+    raise ValueError(f"{name} scores fine classes, but `decode='hedge'` predicts a group where the model is unsure: "
+                     "score hedged predictions with `HedgedAccuracy` or `LevelAccuracy(hier, level, decode='hedge')`, "
+                     "and give this metric another decode.")
+
+def _fine_preds(learn, hier, decode, axis, name) -> tuple:
+    ("Flat fine probabilities and targets of the batch, and the decode of its fine classes: `decode`, else the "
+     "loss's; 'argmax' for a hedging loss, the fine class its hedge stops above")
+    probs,targ,dec,_ = _flat_probs(learn, hier, axis, name)
+    dec = ifnone(decode, dec)
+    return probs,targ,('argmax' if dec == 'hedge' else dec)
 
 def class_level_accuracy(
     pred:Tensor, # Predicted fine class indices, e.g. `crm_decode`'s
@@ -141,20 +159,28 @@ def mistake_severity(
     return d[d > 0].float().mean()
 
 class MistakeSeverity(Metric):
-    ("Mean tree distance between target and prediction over the wrong top-1 predictions, on the levels each target "
-     "defines")
-    def __init__(self, hier:Hierarchy, axis:int=-1): store_attr()
+    ("Mean tree distance between target and prediction over the wrong predictions of the learner's decode (or "
+     "`decode`), on the levels each target defines; the column is named after `decode` where given")
+    decode = 'argmax' # what a metric pickled before `decode` existed reads: the most likely class
+    def __init__(self,
+        hier:Hierarchy, # Classes and their groups
+        axis:int=-1, # Class axis
+        # How to decode the predictions: None, as the learner's loss does ('argmax' when it hedges: the class the
+        # hedge stops above); 'argmax', 'greedy', 'marginal' (its fine class: the argmax) or 'crm'
+        decode:str=None,
+    ): self.hier,self.axis,self.decode = hier,axis,_fine_decode(decode, 'MistakeSeverity')
     def reset(self): self.total,self.count = 0.,0
     def accumulate(self, learn):
-        inp,targ = flatten_preds(learn.pred, *learn.yb, axis=self.axis)
-        check_width(inp, self.hier, 'MistakeSeverity')
-        d = tree_distance(inp.argmax(-1), *check_node_targets(targ, self.hier, 'MistakeSeverity'), self.hier)
+        probs,targ,dec = _fine_preds(learn, self.hier, self.decode, self.axis, 'MistakeSeverity')
+        pred = decode_preds(probs, self.hier, dec)
+        fine,level = (o.to(pred.device) for o in check_node_targets(targ, self.hier, 'MistakeSeverity'))
+        d = tree_distance(pred, fine, level, self.hier)
         self.total += learn.to_detach(d.float().sum())
         self.count += learn.to_detach((d > 0).sum().float()) # float: distributed training averages it across processes
     @property
     def value(self): return self.total/self.count if self.count else None
     @property
-    def name(self): return 'mistake_severity'
+    def name(self): return 'mistake_severity' + (f'_{self.decode}' if self.decode else '')
 
 # %% ../nbs/20_metrics.ipynb #7a28539e
 def hierarchical_distance(inp, targ, hier, k=1, axis=-1):
@@ -166,14 +192,46 @@ def hierarchical_distance(inp, targ, hier, k=1, axis=-1):
     return tree_distance(topk, fine[:,None], level[:,None], hier).float().mean()
 
 # %% ../nbs/20_metrics.ipynb #bce6b997
+def _rank_scores(probs:Tensor, hier:Hierarchy, decode:str) -> Tensor:
+    ("Scores of the fine classes whose top k are the k best by `decode`: the probabilities ('argmax', 'marginal'), "
+     "`crm_scores` ('crm'), or the top-down order ('greedy')")
+    if decode == 'crm': return crm_scores(probs, hier)
+    if decode != 'greedy': return probs
+    # greedy's order: by the top group's probability, then its index (ties go to the lowest), then the same at each
+    # finer level: stable sorts, the least significant key first
+    def _sort(order, key, descending):
+        return order.gather(-1, key(order).argsort(dim=-1, descending=descending, stable=True))
+    order = probs.argsort(dim=-1, descending=True, stable=True)
+    for i,s in enumerate(level_probs(probs, hier)[1:], 1):
+        order = _sort(order, lambda o: hier.to_level(o, i), False)
+        order = _sort(order, lambda o: s.gather(-1, hier.to_level(o, i)), True)
+    return -order.argsort(-1).float() # minus the rank: the first class scores highest
+
 class HierarchicalDistance(AvgMetric):
-    "Mean tree distance of the top-`k` predictions; the column is named after `k`"
-    def __init__(self, hier:Hierarchy, k:int=5, axis:int=-1):
+    ("Mean tree distance of the top-`k` predictions of the learner's decode (or `decode`); the column is named after "
+     "`k`, and after `decode` where given")
+    decode = 'argmax' # what a metric pickled before `decode` existed reads: the k most likely classes
+    def __init__(self,
+        hier:Hierarchy, # Classes and their groups
+        k:int=5, # How many predictions, at most the number of classes
+        axis:int=-1, # Class axis
+        # How to rank the classes: None, as the learner's loss decodes ('argmax' when it hedges); 'argmax' and
+        # 'marginal' by probability, 'crm' by expected tree distance, 'greedy' top-down
+        decode:str=None,
+    ):
         # refused rather than clipped: `hier_distance@5` over 3 classes would name a measure it is not
         self.hier,self.k = hier,check_k(k, '`k`', len(hier)) # `hier`: checked against `dls.vocab` at each fit
+        self.decode = _fine_decode(decode, 'HierarchicalDistance')
         super().__init__(partial(hierarchical_distance, hier=hier, k=k, axis=axis))
+    def accumulate(self, learn):
+        # the class axis is `func`'s, as in a metric pickled before `decode` existed
+        probs,targ,dec = _fine_preds(learn, self.hier, self.decode, self.func.keywords['axis'], 'HierarchicalDistance')
+        self.total += learn.to_detach(hierarchical_distance(_rank_scores(probs, self.hier, dec), targ, self.hier,
+                                                            self.k))*len(targ)
+        self.count += len(targ)
     @property
-    def name(self): return f'hier_distance@{self.k}'
+    def name(self): return f'hier_distance@{self.k}' + (f'_{self.decode}' if self.decode else '')
+
 
 # %% ../nbs/20_metrics.ipynb #e937113e
 def _prf_counts(pred, targ, hier, nodes=None, name='hierarchical_prf'):
@@ -205,39 +263,43 @@ def hierarchical_prf(
 
 # %% ../nbs/20_metrics.ipynb #98083f85
 class _HierarchicalPRF(Metric):
-    ("Sums |P∩T|, |P| and |T| of `hierarchical_prf` over the batches, with the top-1 predictions; subclasses pick the "
-     "value")
+    ("Sums |P∩T|, |P| and |T| of `hierarchical_prf` over the batches, with the predictions of the learner's decode "
+     "(or `decode`); subclasses pick the value")
+    decode = 'argmax' # what a metric pickled before `decode` existed reads: the most likely class
     def __init__(self,
         hier:Hierarchy, # Classes and their groups
         axis:int=-1, # Class axis
+        # How to decode the predictions: None, as the learner's loss does ('argmax' when it hedges: the class the
+        # hedge stops above); 'argmax', 'greedy', 'marginal' (its fine class: the argmax) or 'crm'
+        decode:str=None,
     ):
-        store_attr()
+        self.hier,self.axis,self.decode = hier,axis,_fine_decode(decode, type(self).__name__)
         self.nodes = hier.distinct_nodes
     def reset(self): self.both,self.n_pred,self.n_targ = 0.,0.,0.
     def accumulate(self, learn):
-        inp,targ = flatten_preds(learn.pred, *learn.yb, axis=self.axis)
-        check_width(inp, self.hier, type(self).__name__)
-        self.nodes = self.nodes.to(inp.device)
+        probs,targ,dec = _fine_preds(learn, self.hier, self.decode, self.axis, type(self).__name__)
+        pred = decode_preds(probs, self.hier, dec)
+        self.nodes = self.nodes.to(pred.device)
         # floats: distributed training averages each count across processes, which leaves the ratios as they are
-        counts = _prf_counts(inp.argmax(-1), targ, self.hier, self.nodes, type(self).__name__)
+        counts = _prf_counts(pred, targ, self.hier, self.nodes, type(self).__name__)
         both,p,t = (learn.to_detach(c.float()).item() for c in counts)
         self.both,self.n_pred,self.n_targ = self.both+both,self.n_pred+p,self.n_targ+t
     @property
     def value(self): return _prf(self.both, self.n_pred, self.n_targ)[self._i] if self.n_pred else None
     @property
-    def name(self): return f'hierarchical_{self._what}'
+    def name(self): return f'hierarchical_{self._what}' + (f'_{self.decode}' if self.decode else '')
 
 class HierarchicalPrecision(_HierarchicalPRF):
-    ("Hierarchical precision of the top-1 predictions over the whole set: the share of the predicted nodes on the "
+    ("Hierarchical precision of the decoded predictions over the whole set: the share of the predicted nodes on the "
      "targets' paths")
     _i,_what = 0,'precision'
 
 class HierarchicalRecall(_HierarchicalPRF):
-    ("Hierarchical recall of the top-1 predictions over the whole set: the share of the targets' nodes on the "
+    ("Hierarchical recall of the decoded predictions over the whole set: the share of the targets' nodes on the "
      "predicted paths")
     _i,_what = 1,'recall'
 
 class HierarchicalF1(_HierarchicalPRF):
-    ("Hierarchical F1 of the top-1 predictions over the whole set: the harmonic mean of hierarchical precision and "
+    ("Hierarchical F1 of the decoded predictions over the whole set: the harmonic mean of hierarchical precision and "
      "recall")
     _i,_what = 2,'f1'
