@@ -229,7 +229,7 @@ class Hierarchy:
 
     def node_level(self, index):
         "Deprecated: `level_and_group`, which says what it returns"
-        warn_renamed('Hierarchy.level_and_group', 'Hierarchy.level_and_group')
+        warn_renamed('Hierarchy.node_level', 'Hierarchy.level_and_group')
         return self.level_and_group(index)
 
     def group_sizes(self, level) -> Tensor:
