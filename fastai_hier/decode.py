@@ -51,6 +51,14 @@ def crm_scores(
     # d(i,j) counts the levels where i and j are in different groups, so sum_i p_i d(i,j) = L - sum_l P_l(G_l(j))
     sums = [probs]
     for i in range(1, hier.n_levels): sums.append(hier.sum_to_parents(sums[-1], i-1))
+    # a ragged tree: at a level where j is a padded copy of itself, it differs only from the classes that have a node
+    # of their own there (`Hierarchy.distance`), so its "group" holds every class padded at that level
+    ids,off = hier.table('node_ids', 'cpu'),hier.offsets.tolist() # on the CPU: `any` reads no GPU value back
+    for i in range(1, hier.n_levels):
+        padded = ids[off[i]:off[i+1]] < len(hier) # the groups that are a leaf standing for itself
+        if not padded.any(): continue
+        padded = padded.to(probs.device)
+        sums[i] = sums[i].where(~padded, (sums[i]*padded).sum(-1, keepdim=True))
     res = sums[-1]
     # from the top down: each group adds its parent's running sum to its own probability (in place: a new tensor the
     # size of the probabilities costs its page faults)

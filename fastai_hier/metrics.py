@@ -98,8 +98,10 @@ def defined_levels(level:Tensor, hier:Hierarchy) -> Tensor:
 
 def tree_distance(pred:Tensor, fine:Tensor, level:Tensor, hier:Hierarchy) -> Tensor:
     ("Tree distance between fine classes `pred` and the targets' `fine` classes of node level `level` (broadcast), "
-     "over the levels the targets define")
-    return ((hier.ancestors(pred) != hier.ancestors(fine)) & defined_levels(level, hier)).sum(0)
+     "over the levels the targets define (`Hierarchy.distance`'s: a leaf standing for itself counted once)")
+    new = hier.table('distinct_nodes', pred.device) # a level where both are padded copies of themselves is no level
+    return ((hier.ancestors(pred) != hier.ancestors(fine)) & (new[:,pred] | new[:,fine])
+            & defined_levels(level, hier)).sum(0)
 
 def mistake_severity(
     pred:Tensor, # Predicted fine class indices, e.g. `logits.argmax(-1)` or `crm_decode`'s

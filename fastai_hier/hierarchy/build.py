@@ -132,3 +132,34 @@ def from_wordnet(cls:Hierarchy,
         top = chain[-2:0:-1][:levels-1] # the ancestors below the root, nearest it first
         _add_chain(res, [names[o] for o in [leaf, *top[::-1]]])
     return cls(res)
+
+# %% ../../nbs/01_build.ipynb #11c4c2c4
+@patch(cls_method=True)
+def from_wnids(cls:Hierarchy,
+    wnids:list, # ImageNet class ids, WordNet 3.0 noun synsets (`'n02124075'`), in the model's output order (`dls.vocab`)
+    path:str='/usr/share/wordnet/data.noun', # WordNet's noun database (Debian: `apt-get install wordnet-base`)
+    names:list=None, # One name per level, finest first; default `fine`, `level1`...
+):
+    ("A `Hierarchy` over the synsets `wnids`, each under its first hypernym up to WordNet's root, with its ragged depth "
+     "kept; the ancestors that all share are dropped (one group says nothing); groups are named by their wnid too")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"No WordNet noun database at {path}: install it (Debian: `apt-get install -y "
+                                "wordnet-base`) or give its `data.noun` as `path`.")
+    up,words = _first_hypernyms(path)
+    wnids = list(wnids)
+    bad = [w for w in wnids if not (isinstance(w, str) and re.fullmatch(r'n\d{8}', w) and w[1:] in words)]
+    if bad:
+        raise ValueError(f"{bad[:5]} {'is' if len(bad) == 1 else 'are'} no WordNet 3.0 noun synset: give ImageNet's "
+                         "class ids, 'n' and the synset's 8-digit offset in data.noun (e.g. 'n02124075').")
+    chains = []
+    for w in wnids:
+        chain = [w[1:]]
+        while chain[-1] in up: chain.append(up[chain[-1]])
+        chains.append([f'n{o}' for o in chain[::-1]]) # the root first
+    # the ancestors all share (`entity`, ...), never a whole chain: a class above another is `Hierarchy`'s error
+    shared = 0
+    while shared < min(map(len, chains)) - 1 and len({c[shared] for c in chains}) == 1: shared += 1
+    parents = {}
+    for c in chains: _add_chain(parents, c[shared:][::-1])
+    return cls(parents, wnids, names)
+

@@ -297,7 +297,7 @@ class Hierarchy:
 
     @property
     def distances(self) -> Tensor:
-        "Tree distance between fine classes: the level of their lowest common ancestor (computed on first use)"
+        "Tree distance between every two fine classes, `distance`'s, as a table (computed on first use)"
         if self._distances is None:
             classes = torch.arange(len(self))
             self._distances = self.distance(classes[:,None], classes).short()
@@ -305,8 +305,11 @@ class Hierarchy:
 
     def distance(self, a:Tensor, b:Tensor) -> Tensor:
         ("Tree distance between fine class indices `a` and `b` (broadcast), on their device: the number of levels "
-         "where they differ")
-        return sum((m[a] != m[b]).long() for m in self.table('maps', a.device))
+         "where they are in different groups, a leaf standing for itself at coarser levels counted once (siblings are "
+         "at 1 at any depth)")
+        # a level where both are padded copies of themselves is no level of theirs: `max(depth) - depth(lca)`
+        new = self.table('distinct_nodes', a.device)
+        return sum(((m[a] != m[b]) & (n[a] | n[b])).long() for m,n in zip(self.table('maps', a.device), new))
 
     @property
     def df(self) -> pd.DataFrame:

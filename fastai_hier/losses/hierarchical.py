@@ -180,7 +180,14 @@ class MultiLevelCrossEntropy(Module):
         if partial_labels:
             self.register_buffer('_node_fine', hier.node_fine, persistent=False)
             self.register_buffer('_node_levels', hier.node_levels, persistent=False)
+        self._register_own_levels()
         self.level_weights = level_weights
+
+    def _register_own_levels(self):
+        ("`_own` (n_fine, n_levels): whether each class has a node of its own at each level, or None where all do; a "
+         "leaf that stands for itself at levels it lacks counts its own term once, at the fine level")
+        own = self.hier.distinct_nodes.T.float()
+        self.register_buffer('_own', None if own.all() else own, persistent=False)
 
     @property
     def temperature(self) -> float: return self._temperature
@@ -212,6 +219,7 @@ class MultiLevelCrossEntropy(Module):
             self.paths = TargetPaths(self.hier).to(self.weight.device if self.weight is not None else 'cpu')
             self.register_buffer('_level_ids', torch.arange(self.hier.n_levels), persistent=False)
             self.level_weights = self._weights
+        if '_own' not in self._buffers: self._register_own_levels() # exported before padded levels counted once
 
     def _check(self, inp, targ) -> bool:
         return check_targets(inp, targ, self.hier, self.ignore_index, self.partial_labels)
@@ -253,6 +261,7 @@ class MultiLevelCrossEntropy(Module):
          "only")
         w = self._level_weights
         w = w[None] if level is None else w.where(self._level_ids >= level[:,None], 0.)
+        if self._own is not None: w = w*self._own[targ]
         return self.paths.nll(x, targ, w, self._top)
 
     def _smoothed(self, x, targ, keep, cw, item_w, level=None):
@@ -266,6 +275,7 @@ class MultiLevelCrossEntropy(Module):
             # as `nn.CrossEntropyLoss`: each class's smoothing term has its own weight (a group's: its classes' mean)
             gw = 1. if cw is None else _group_mean(cw, self.hier, i)
             term = w*((1-self.label_smoothing)*nll - self.label_smoothing*(lp*gw).mean(-1)*keep)
+            if self._own is not None: term = term*self._own[targ, i]
             loss = loss + (term if level is None else term*(level <= i))
         return loss
 
