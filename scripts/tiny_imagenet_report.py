@@ -205,8 +205,14 @@ def report(out:Path) -> str:
         md.append(f"- Goal line {line} ({m} −{int(need*100)}%): " + (
             'reached by ' + ', '.join(f"{r.config} ({_pct(r[f'{m}_rel'])})" for _,r in hit.iterrows()) if len(hit)
             else f"**not reached**. Best {m} at top-1 within the slack: " + _best_line(goal, m)))
-    md += ['', '## Paired differences from cross-entropy (95% intervals)', '', paired_markdown(pce), '',
+    pcrm = paired[(paired.regime == 'head') & (paired.baseline == 'ce +crm')]
+    pcrm = pcrm[pcrm.config.str.endswith('+crm')]
+    md += ['', '## Findings', '', *findings(head, paired, frame, stage), '',
+           '## Paired differences from cross-entropy (95% intervals)', '', paired_markdown(pce), '',
            '![paired](paired.png)', '',
+           '## The loss\'s effect under CRM: each loss + CRM against cross-entropy + CRM', '',
+           'The decode\'s effect is `ce +crm` against `ce` above; here the losses are compared with the decode fixed.',
+           '', paired_markdown(pcrm) if len(pcrm) else '(no other configuration under CRM)', '',
            '## Top-1 against mistake severity over each method\'s main hyperparameter', '',
            'Held-out training images (the selection\'s scores), each grid point at its chosen epochs; solid: argmax, '
            'dashed: CRM.', '', '![tradeoff](tradeoff.png)', '',
@@ -242,6 +248,48 @@ def report(out:Path) -> str:
     text = '\n'.join(md)
     (out/'report.md').write_text(text)
     return text
+
+def _diff(p, cfg, m, rel_to=None):
+    "'-0.48 [-0.50, -0.46] (-7.0%)': the paired difference of `cfg` in `m`, relative to `rel_to`"
+    q = p[(p.config == cfg) & (p.metric == m)]
+    if not len(q): return 'n/a'
+    q = q.iloc[0]
+    rel = f" ({_pct(q['diff']/rel_to)})" if rel_to else ''
+    return f"{q['diff']:+.3f} [{q.lo:+.3f}, {q.hi:+.3f}]{rel}"
+
+def findings(head:pd.DataFrame, paired:pd.DataFrame, frame:str, stage:pd.DataFrame=None) -> list:
+    "Plain findings, in numbers, from the paired differences"
+    pce = paired[(paired.regime == 'head') & (paired.baseline == 'ce')]
+    pcrm = paired[(paired.regime == 'head') & (paired.baseline == 'ce +crm')]
+    base = head[head.config == 'ce'][LIT].mean()
+    res = [f"- **The decode alone** (CRM on cross-entropy): hd@5 {_diff(pce, 'ce +crm', 'hd@5', base['hd@5'])}, "
+           f"mistake severity {_diff(pce, 'ce +crm', 'mistake_severity', base['mistake_severity'])}, top-1 "
+           f"{_diff(pce, 'ce +crm', 'top1_accuracy')}. Keeping the argmax first (`ce +crm_top1`): hd@5 "
+           f"{_diff(pce, 'ce +crm_top1', 'hd@5', base['hd@5'])} at identical top-1."]
+    losses = [c for c in dict.fromkeys(head.config) if c.endswith(' +crm') and c != 'ce +crm']
+    def _wins(m):
+        return [c for c in losses if ((pcrm.config == c) & (pcrm.metric == m) & (pcrm.hi < 0)).any()]
+    for m,what in (('hd@5', 'hd@5'), ('mistake_severity', 'mistake severity')):
+        w = _wins(m)
+        if w:
+            res.append(f"- Under CRM, lower {what} than cross-entropy + CRM beyond the interval: " + '; '.join(
+                f"{c} {_diff(pcrm, c, m)} (top-1 {_diff(pcrm, c, 'top1_accuracy')})" for c in w) + '.')
+        else:
+            res.append(f"- **Nothing beat CRM on cross-entropy** in {what}: no loss + CRM is below `ce +crm` beyond "
+                       "its 95% interval.")
+    if frame is not None:
+        res.append(f"- The frame head (`{frame}`) against cross-entropy, argmax: top-1 "
+                   f"{_diff(pce, frame, 'top1_accuracy')}, hd@5 {_diff(pce, frame, 'hd@5', base['hd@5'])}, severity "
+                   f"{_diff(pce, frame, 'mistake_severity', base['mistake_severity'])}; with CRM, against "
+                   f"`ce +crm`: hd@5 {_diff(pcrm, frame + ' +crm', 'hd@5')}.")
+    if stage is not None and len(stage):
+        pst = paired[paired.regime == 'stage']
+        sb = stage[stage.config == 'ce'][LIT].mean()
+        others = [c for c in dict.fromkeys(stage.config) if c != 'ce' and not c.endswith('crm_top1')]
+        res.append("- Training the last stage (against its own cross-entropy, argmax): " + '; '.join(
+            f"{c}: top-1 {_diff(pst, c, 'top1_accuracy')}, hd@5 {_diff(pst, c, 'hd@5', sb['hd@5'])}"
+            for c in others) + '.')
+    return res
 
 def first_of(xs): return xs[0] if xs else None
 
