@@ -29,14 +29,15 @@ from .partial import *
 from .data.pets import *
 from .data.backbone import *
 from .data.fashion_mnist import *
+from .data.tiny_imagenet import *
 from . import (
     calibration, check, core, decode, hedge, hierarchy, interpret, losses, metrics, partial, tree_plot)
 from .callback import span, temperature, coarse_to_fine, level_schedule, loss_check, feature_cache
-from .data import pets, backbone, fashion_mnist
+from .data import pets, backbone, fashion_mnist, tiny_imagenet
 # the modules' own `__all__`, so that `import *` re-exports them (nbdev would write an empty one)
 __all__ = [n for m in (hierarchy, core, decode, losses, metrics, hedge, calibration, span, temperature, coarse_to_fine,
                        level_schedule, loss_check, feature_cache, check, interpret, tree_plot, partial, pets, backbone,
-                       fashion_mnist)
+                       fashion_mnist, tiny_imagenet)
            for n in m.__all__]
 from . import lca
 __all__ += lca.__all__

@@ -34,7 +34,7 @@ def tiny_imagenet_archive() -> Path:
                                 "in $TINY_IMAGENET_ARCHIVE.")
     return found
 
-# %% ../../nbs/53_tiny_imagenet.ipynb #be1bed25
+# %% ../../nbs/53_tiny_imagenet.ipynb #5d1074a5
 _MARK = '.fastai_hier_unpacked.json' # the subsets unpacked into a folder, so that a second call does nothing
 
 def _covers(done, n_classes, per_class) -> bool:
@@ -56,11 +56,13 @@ def _members(names, wnids, n_classes, per_class, val_wnid) -> set:
             if per_class is None or int(parts[-1].rsplit('_', 1)[1].split('.')[0]) < per_class: res.add(m)
     for f in sorted(val_wnid, key=lambda f: int(f.split('_')[1].split('.')[0])):
         w = val_wnid[f]
-        if w in keep and (per_class is None or val_n[w] < per_class): val_n[w] += 1; res.add(f'{TINY_IMAGENET}/val/images/{f}')
+        if w in keep and (per_class is None or val_n[w] < per_class):
+            val_n[w] += 1
+            res.add(f'{TINY_IMAGENET}/val/images/{f}')
     return res
 
 def tiny_imagenet_path(
-    archive:Path=None, # The official `tiny-imagenet-200.zip`, or a `.tgz` of the same folder; default: `tiny_imagenet_archive()`
+    archive:Path=None, # The official `tiny-imagenet-200.zip`, or a `.tgz` of its folder; default: the one found
     dest:Path=None, # Folder to unpack into; default: fastai's data folder (as `untar_data`)
     n_classes:int=None, # Unpack only the first `n_classes` classes (sorted wnids); default: all 200
     per_class:int=None, # ... and only this many images of each in each split (the lowest numbers); default: all
@@ -93,7 +95,7 @@ def tiny_imagenet_path(
     mark.write_text(json.dumps(done + [[n_classes, per_class]]))
     return root
 
-# %% ../../nbs/53_tiny_imagenet.ipynb #30766873
+# %% ../../nbs/53_tiny_imagenet.ipynb #b0347ebf
 def tiny_imagenet_items(
     path:Path, # The unpacked `tiny-imagenet-200` folder (`tiny_imagenet_path()`)
     n_classes:int=None, # The first `n_classes` classes (sorted wnids); default: all 200
@@ -107,7 +109,8 @@ def tiny_imagenet_items(
                                 "`tiny_imagenet_path()`.")
     wnids = sorted((path/'wnids.txt').read_text().split())[:n_classes]
     # the official archive numbers each class's training images 0 to 499
-    train = [(f'train/{w}/images/{w}_{i}.JPEG', w, False) for w in wnids for i in range(min(ifnone(per_class, 500), 500))]
+    n_train = min(ifnone(per_class, 500), 500)
+    train = [(f'train/{w}/images/{w}_{i}.JPEG', w, False) for w in wnids for i in range(n_train)]
     ann = [l.split('\t')[:2] for l in (path/'val'/'val_annotations.txt').read_text().splitlines() if l.strip()]
     def num(f): return int(f.rsplit('_', 1)[1].split('.')[0])
     by_class = groupby(sorted(ann, key=lambda o: num(o[0])), 1, 0)
@@ -144,7 +147,7 @@ def tiny_imagenet_dls(
                        batch_tfms=[*L(batch_tfms), Normalize.from_stats(*ifnone(stats, lite0_stats()))])
     return dblock.dataloaders(df, path=path, bs=bs, **kwargs)
 
-# %% ../../nbs/53_tiny_imagenet.ipynb #3dd59560
+# %% ../../nbs/53_tiny_imagenet.ipynb #3a4443c6
 def feature_names(body:nn.Module, blocks=None, pool='avg') -> list:
     ("The names of the tensors `extract_features` keeps: `output_{pool}` for each pooling of the output, then "
      "`input:{block}` for each block")
@@ -235,7 +238,8 @@ def extract_features(
     def hook(name, last):
         def f(m, inp):
             got[f'input:{name}'] = inp[0].as_subclass(Tensor).to(block_dtype).cpu()
-            if last: raise _Enough()
+            if last: # the rest of the body is not needed
+                raise _Enough()
         return f
     for i,n in enumerate(L(blocks)):
         hooks.append(mods[n].register_forward_pre_hook(hook(n, not L(pool) and i == len(L(blocks))-1)))

@@ -136,12 +136,12 @@ def from_wordnet(cls:Hierarchy,
 # %% ../../nbs/01_build.ipynb #11c4c2c4
 @patch(cls_method=True)
 def from_wnids(cls:Hierarchy,
-    wnids:list, # ImageNet class ids, WordNet 3.0 noun synsets (`'n02124075'`), in the model's output order (`dls.vocab`)
+    wnids:list, # ImageNet's class ids, WordNet 3.0 noun synsets (`'n02124075'`), in the model's output order
     path:str='/usr/share/wordnet/data.noun', # WordNet's noun database (Debian: `apt-get install wordnet-base`)
     names:list=None, # One name per level, finest first; default `fine`, `level1`...
 ):
-    ("A `Hierarchy` over the synsets `wnids`, each under its first hypernym up to WordNet's root, with its ragged depth "
-     "kept; the ancestors that all share are dropped (one group says nothing); groups are named by their wnid too")
+    ("A `Hierarchy` over the synsets `wnids` (e.g. `dls.vocab`), each under its first hypernym up to WordNet's root, "
+     "with its ragged depth kept; the ancestors all share are dropped (one group says nothing); groups are wnids too")
     if not Path(path).exists():
         raise FileNotFoundError(f"No WordNet noun database at {path}: install it (Debian: `apt-get install -y "
                                 "wordnet-base`) or give its `data.noun` as `path`.")
