@@ -1,7 +1,9 @@
 """The deep-taxonomy study (issue 38): Tiny ImageNet in WordNet's tree, every loss and decode of the package.
 
-    python scripts/tiny_imagenet_study.py --features /work/features/tiny_imagenet --out results/tiny_imagenet
-    python scripts/tiny_imagenet_report.py --out results/tiny_imagenet
+    python scripts/tiny_imagenet_study.py --features FEATURES --out results/tiny_imagenet
+
+(FEATURES: the folder `scripts/extract_tiny_imagenet.py --out FEATURES` filled.) It ends by writing the report,
+`scripts/tiny_imagenet_report.py --out results/tiny_imagenet`, which also runs alone (it trains nothing).
 
 Heads are trained by a fastai `Learner` on the frozen EfficientNet-Lite0 features that
 `scripts/extract_tiny_imagenet.py` keeps on disk (the body's output, average-pooled), and in a second regime the body's
@@ -384,7 +386,12 @@ if __name__ == '__main__':
     p.add_argument('--classes', type=int, default=None, help='only the first K classes (a subset study)')
     p.add_argument('--phases', nargs='+', default=['select', 'final', 'stage'])
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--no-report', action='store_true', help="don't write the report at the end")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     run_study(args.features, args.out, json.loads(args.config.read_text()), args.classes, args.phases,
               log=lambda s: print(time.strftime('%H:%M:%S'), s, flush=True))
+    if not args.no_report:
+        from tiny_imagenet_report import report
+        report(args.out)
+        print(f"wrote {args.out/'report.md'}")
