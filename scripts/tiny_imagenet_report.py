@@ -106,8 +106,10 @@ def plot_tradeoff(held:pd.DataFrame, chosen:dict, fname):
         for i,(meth,d) in enumerate(g.groupby('method', sort=False)):
             for dec,ls in (('argmax', '-'), ('crm', '--')):
                 e = d[d.decode == dec]
-                line, = ax.plot(e[m], 100*e.top1_accuracy, marker='o', ls=ls, color=f'C{i}',
-                                label=f"{meth} ({dec})")
+                # cross-entropy is one point a decode: a star on top, where the others' lines start from
+                style = (dict(marker='*', ms=12, color='k', zorder=5) if meth == 'ce'
+                         else dict(marker='o', color=f'C{i}'))
+                ax.plot(e[m], 100*e.top1_accuracy, ls=ls, label=f"{meth} ({dec})", **style)
                 for _,r in e.iterrows():
                     lab = ','.join(f'{v}' for v in json.loads(r.opts).values())
                     if lab: ax.annotate(lab, (r[m], 100*r.top1_accuracy), fontsize=6)
