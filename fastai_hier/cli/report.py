@@ -13,7 +13,8 @@ from fastai.basics import *
 import scipy.stats
 
 # %% ../../nbs/62_report.ipynb #40a6cf91
-LOWER_IS_BETTER = ('mistake_severity', 'hier_distance@5', 'ece', 'epochs_to_reach', 'seconds_to_reach')
+LOWER_IS_BETTER = ('mistake_severity', 'hier_distance@5', 'ece', 'epochs_to_reach', 'seconds_to_reach',
+                   'hd@1', 'hd@5', 'hd@20', 'nll') # the last four: the literature's table (`lca`)
 
 def lower_is_better(m:str) -> bool:
     "Whether a smaller value of the column `m` is better: the losses, and the metrics in `LOWER_IS_BETTER`"
