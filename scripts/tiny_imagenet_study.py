@@ -1,4 +1,4 @@
-"""The deep-taxonomy study (issue 38): Tiny ImageNet in WordNet's tree, every loss and decode of the package.
+"""The deep-taxonomy study: Tiny ImageNet in WordNet's tree, every loss and decode of the package.
 
     python scripts/tiny_imagenet_study.py --features FEATURES --out results/tiny_imagenet
 
