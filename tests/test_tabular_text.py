@@ -72,7 +72,9 @@ def test_loss_and_metrics(app):
     res,(probs,targ) = _last(learn),learn.get_preds()
     assert targ.shape == app.targ_shape # as fastai gives them: nothing was reshaped on the way in
     for n in HIER.names:
-        assert res[f'{n}_accuracy'] == pytest.approx(level_accuracy(probs.log(), targ, HIER, n).item(), abs=1e-6)
+        # the learner decodes by argmax: each level scores the group of the predicted item
+        assert res[f'{n}_accuracy'] == pytest.approx(class_level_accuracy(probs.argmax(-1), targ, HIER, n).item(),
+                                                     abs=1e-6)
     assert res['item_accuracy'] == pytest.approx(res['accuracy'])
     flat = targ.view(-1)
     assert res['mistake_severity'] == pytest.approx(mistake_severity(probs.argmax(-1), flat, HIER).item())
@@ -127,13 +129,16 @@ def test_decode_hedge_export_interpret(app, tmp_path):
     # a reachable target: at a threshold of 1 every prediction climbs to its section
     target = level_accuracy(probs.log(), targ, HIER, 'section').item()
     fit = learn.fit_hedge(target)
-    assert learn.loss_func.decode == 'hedge' and fit.accuracy >= target - 1e-9
+    # `fit_hedge` keeps the threshold and leaves the decode alone: hedging is asked for with `learn.hedged()`
+    assert learn.loss_func.decode == 'crm' and fit.accuracy >= target - 1e-9
     def _node_name(i): return HIER.node_name(*HIER.level_and_group(int(i)))
     for t in (fit.threshold, 1.): # at 1, a group: the name of a node that is no class of `dls.vocab`
-        learn.loss_func.threshold = t
-        name,idx,p = app.predict(learn, app.item)
+        with learn.hedged(t): name,idx,p = app.predict(learn, app.item)
         assert idx == hedge_decode(p[None], HIER, t)[0] and name == _node_name(idx)
+    assert learn.loss_func.decode == 'crm'
     assert HIER.level_and_group(int(idx))[0] == HIER.n_levels-1
+    # a learner exported to hedge for good: its loss decodes by hedging, at the threshold it was given
+    learn.loss_func.decode,learn.loss_func.threshold = 'hedge',1.
     learn.export(tmp_path/'learner.pkl')
     again = load_learner(tmp_path/'learner.pkl')
     assert again.loss_func.decode == 'hedge' and again.loss_func.threshold == 1.
@@ -142,6 +147,6 @@ def test_decode_hedge_export_interpret(app, tmp_path):
     interp = HierarchicalInterpretation.from_learner(learn)
     assert interp.targs.shape == (N_VALID,)
     for n,acc in interp.accuracy_per_level().items():
-        assert acc == pytest.approx(level_accuracy(probs.log(), targ, HIER, n).item(), abs=1e-6)
+        assert acc == pytest.approx(class_level_accuracy(probs.argmax(-1), targ, HIER, n).item(), abs=1e-6)
     assert interp.confusion_matrix(level='kind').sum() == N_VALID
     assert interp.mistakes_by_severity().sum() == (probs.argmax(-1) != targ.view(-1)).sum()
