@@ -127,7 +127,7 @@ def test_study_resumes_and_chooses_on_held_out_only(tmp_path, monkeypatch):
     # another setup in the same folder is refused
     with pytest.raises(ValueError, match='another'): Study(root, out, {**cfg, 'holdout_pct':10})
     text = report(out)
-    assert 'Goal line 1' in text and (out/'goal.csv').exists() and (out/'tradeoff.png').exists()
+    assert 'Bar 1' in text and (out/'goal.csv').exists() and (out/'tradeoff.png').exists()
     assert 'SUBSET' not in text
 
 def test_calibration_and_score_levels():
